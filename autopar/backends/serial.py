@@ -1,0 +1,71 @@
+"""The serial backend: a plain loop in this process (also the reference in tests)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ..notes import add_item_note
+
+__all__ = ["SerialBackend"]
+
+
+class SerialBackend:
+    """Runs items one after another here; exceptions name the failing item."""
+
+    name = "serial"
+
+    def map(
+        self,
+        func: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        start: int = 0,
+        n_jobs: int = 1,
+        chunksize: int = 1,
+    ) -> list[Any]:
+        """``[func(x) for x in items[start:]]``, with the failing index noted.
+
+        A comprehension over a list/tuple/range iterator: exactly as fast as the
+        user's own loop (an append loop costs ~0.08 us more per item, and C ``map``
+        ~10 % more on 3.11, both large for trivial functions). On an exception, the
+        iterator's position, which its ``__reduce__`` reports, names the failing
+        item at no per-item cost.
+        """
+        iterator = iter(items)
+        positioned = isinstance(items, (list, tuple, range))
+        if positioned:
+            iterator.__setstate__(start)  # type: ignore[attr-defined]
+        else:
+            iterator = itertools.islice(iterator, start, None)
+        try:
+            return [func(x) for x in iterator]
+        except BaseException as exc:
+            if positioned:
+                state = iterator.__reduce__()
+                position = state[2] if len(state) > 2 and isinstance(state[2], int) else len(items)
+                index = position - 1
+                add_item_note(exc, index, items[index])
+            raise
+
+    def imap(
+        self,
+        func: Callable[[Any], Any],
+        source: Iterator[Any],
+        *,
+        offset: int = 0,
+        n_jobs: int = 1,
+        chunksize: int = 1,
+        ordered: bool = True,
+    ) -> Iterator[Any]:
+        """Yield ``func(x)`` for each remaining item of ``source``."""
+        index = offset
+        for item in source:
+            try:
+                result = func(item)
+            except BaseException as exc:
+                add_item_note(exc, index, item)
+                raise
+            yield result
+            index += 1

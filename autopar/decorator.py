@@ -1,0 +1,380 @@
+"""``@auto_parallel``: the decorator and the object it returns (orchestration only).
+
+The wrapper pickles by reference, like ``functools.lru_cache``'s C wrapper, so a
+decorated module-level function travels to workers under fork, forkserver and
+spawn. Constructing it has no side effects: spawn re-imports the module in every
+worker, and the store opens only when a plan is first needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
+
+from .backends import ProcessBackend, SerialBackend
+from .errors import NotIterableError, UnpicklableError
+from .plan import Plan
+from .planner import DEFAULT_TTL_S, Options, Planned, make_plan, pickle_problem, plan_prefix
+from .store import get_store
+from .system import default_start_method, in_worker
+from .workload import function_identity
+
+__all__ = ["AutoParallel", "CacheInfo", "auto_parallel"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_VALID_START_METHODS = ("fork", "forkserver", "spawn")
+
+
+class CacheInfo(NamedTuple):
+    """Plan-cache statistics, with the meaning of ``functools.lru_cache``'s.
+
+    ``hits`` and ``misses`` count this function's plan lookups in this process,
+    ``maxsize`` is None (the store is bounded by its TTL, not a count), and
+    ``currsize`` is the number of this function's plans stored on disk.
+    """
+
+    hits: int
+    misses: int
+    maxsize: int | None
+    currsize: int
+
+
+def _check_positive(name: str, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{name} must be a positive int or None, got {value!r}"
+        raise ValueError(msg)
+
+
+def as_sequence(iterable: Iterable[Any]) -> Sequence[Any]:
+    """Lists, tuples and ranges as they are; any other iterable read into a list."""
+    if isinstance(iterable, (list, tuple, range)):
+        return iterable
+    try:
+        iterator = iter(iterable)
+    except TypeError:
+        msg = f"autopar needs an iterable of items, got {type(iterable).__name__}"
+        raise NotIterableError(msg) from None
+    return list(iterator)
+
+
+def _iterate(iterable: Iterable[Any]) -> Iterator[Any]:
+    try:
+        return iter(iterable)
+    except TypeError:
+        msg = f"autopar needs an iterable of items, got {type(iterable).__name__}"
+        raise NotIterableError(msg) from None
+
+
+class AutoParallel(Generic[P, R]):
+    """A function that still calls as itself, plus ``map``/``imap``/``plan``/``cache_info``."""
+
+    __wrapped__: Callable[P, R]
+    __qualname__: str
+
+    def __init__(
+        self,
+        func: Callable[P, R],
+        *,
+        max_workers: int | None = None,
+        chunksize: int | None = None,
+        start_method: str | None = None,
+        use_cache: bool = True,
+        ttl: float = DEFAULT_TTL_S,
+    ) -> None:
+        if not callable(func):
+            msg = f"auto_parallel needs a callable, got {type(func).__name__}"
+            raise TypeError(msg)
+        _check_positive("max_workers", max_workers)
+        _check_positive("chunksize", chunksize)
+        if start_method is not None and start_method not in _VALID_START_METHODS:
+            msg = f"start_method must be one of {_VALID_START_METHODS} or None, got {start_method!r}"
+            raise ValueError(msg)
+        if not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
+            msg = f"ttl must be a positive number of seconds, got {ttl!r}"
+            raise ValueError(msg)
+        functools.update_wrapper(self, func)
+        # What workers call: the raw function, found on the wrapper they unpickle
+        # (saves a Python-level call per item; see backends/_worker.run_chunk).
+        self._autopar_raw = func
+        self._options = Options(
+            max_workers=max_workers, start_method=start_method, use_cache=bool(use_cache), ttl=float(ttl)
+        )
+        self._chunksize = chunksize
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self._identity: tuple[str, str] | None = None
+
+    # -- behaving like the function ------------------------------------------------------
+
+    if TYPE_CHECKING:
+
+        def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    else:
+        # Calling the wrapper calls the original function with no Python frame in
+        # between: ``obj(x)`` looks ``__call__`` up on the type, and this property
+        # (a C attrgetter) hands back the raw function. A plain ``def __call__``
+        # would add ~0.15 us to every call of the decorated function.
+        __call__ = property(operator.attrgetter("__wrapped__"))
+
+    def __reduce__(self) -> str:
+        # Pickle by reference: workers look the wrapper up by its qualified name.
+        return str(self.__qualname__)
+
+    def __repr__(self) -> str:
+        return f"<auto_parallel {getattr(self, '__module__', '?')}.{getattr(self, '__qualname__', '?')}>"
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @property
+    def _name_digest(self) -> tuple[str, str]:
+        if self._identity is None:
+            self._identity = function_identity(self.__wrapped__)
+        return self._identity
+
+    def _count(self, hit: bool | None) -> None:
+        if hit is None:
+            return
+        with self._lock:
+            if hit:
+                self._hits += 1
+            else:
+                self._misses += 1
+
+    def _plan(self, source: Iterator[Any], n_items: int | None, *, use_cache: bool = True) -> Planned:
+        name, digest = self._name_digest
+        options = self._options
+        if not use_cache:
+            options = Options(options.max_workers, options.start_method, False, options.ttl)
+        planned = make_plan(self.__wrapped__, name, digest, source, n_items, options, get_store(), sendable=self)
+        self._count(planned.hit)
+        return planned
+
+    def _start_method(self) -> str:
+        return self._options.start_method or default_start_method()
+
+    def _resolve(
+        self, plan: Plan, n_jobs: int | None, chunksize: int | None, remaining: int | None
+    ) -> tuple[str, int, int]:
+        """Executor, workers and chunk size after explicit arguments override the plan."""
+        chunksize = chunksize if chunksize is not None else self._chunksize
+        cap = self._options.max_workers
+        if n_jobs is not None:
+            n = n_jobs if cap is None else min(n_jobs, cap)
+            if remaining is not None:
+                n = min(n, max(1, remaining))
+            if n <= 1:
+                return "serial", 1, 1
+            if chunksize is None:
+                if plan.executor == "process":
+                    chunksize = plan.chunksize
+                elif remaining is not None:
+                    chunksize = max(1, math.ceil(remaining / (4 * n)))  # Pool.map's default
+                else:
+                    chunksize = 1
+            return "process", n, chunksize
+        if plan.executor == "serial":
+            return "serial", 1, 1
+        return "process", plan.n_jobs, chunksize if chunksize is not None else plan.chunksize
+
+    def _ensure_picklable(self) -> None:
+        problem = pickle_problem(self)
+        if problem is not None:
+            name = self._name_digest[0]
+            msg = f"{name} cannot be sent to worker processes ({problem}); define it at module level, or pass n_jobs=1"
+            raise UnpicklableError(msg)
+
+    # -- the public methods -------------------------------------------------------------------
+
+    def map(
+        self,
+        iterable: Iterable[Any],
+        *,
+        n_jobs: int | None = None,
+        chunksize: int | None = None,
+    ) -> list[R]:
+        """``list(map(f, iterable))``, in parallel when the plan says it pays.
+
+        Explicit ``n_jobs``/``chunksize`` override the plan; with both given (or
+        ``n_jobs=1``) no planning happens at all. Each item is evaluated exactly
+        once: items timed while planning keep their results.
+        """
+        _check_positive("n_jobs", n_jobs)
+        _check_positive("chunksize", chunksize)
+        items = as_sequence(iterable)
+        if in_worker() or n_jobs == 1 or len(items) == 0:
+            return SerialBackend().map(self.__wrapped__, items)
+        fixed_chunks = chunksize if chunksize is not None else self._chunksize
+        if n_jobs is not None and fixed_chunks is not None:
+            executor, n, size = self._resolve(_FIXED, n_jobs, fixed_chunks, len(items))
+            done: list[Any] = []
+            start = 0
+        else:
+            planned = self._plan(iter(items), len(items))
+            executor, n, size = self._resolve(planned.plan, n_jobs, chunksize, len(items) - len(planned.sampler.items))
+            done = planned.sampler.results
+            start = len(planned.sampler.items)
+        if executor == "serial":
+            results = SerialBackend().map(self.__wrapped__, items, start=start)
+        else:
+            self._ensure_picklable()
+            backend = ProcessBackend(self._start_method())
+            results = backend.map(self, items, start=start, n_jobs=n, chunksize=size)
+        results[:0] = done  # a memmove; ``done + results`` would copy every result again
+        return results
+
+    def imap(
+        self,
+        iterable: Iterable[Any],
+        *,
+        ordered: bool = True,
+        n_jobs: int | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[R]:
+        """Stream results for large or endless inputs, planned the same way as ``map``.
+
+        The input is read only a few chunks ahead of the workers. With
+        ``ordered=False`` results come as soon as they are ready.
+        """
+        _check_positive("n_jobs", n_jobs)
+        _check_positive("chunksize", chunksize)
+        source = _iterate(iterable)
+        hint = len(iterable) if isinstance(iterable, Sequence) else operator.length_hint(iterable, 0)
+        n_items = hint if hint or isinstance(iterable, Sequence) else None
+        return self._imap(source, n_items, ordered, n_jobs, chunksize)
+
+    def _imap(
+        self,
+        source: Iterator[Any],
+        n_items: int | None,
+        ordered: bool,
+        n_jobs: int | None,
+        chunksize: int | None,
+    ) -> Iterator[R]:
+        if in_worker() or n_jobs == 1:
+            yield from SerialBackend().imap(self.__wrapped__, source)
+            return
+        planned = self._plan(source, n_items)
+        yield from planned.sampler.results
+        offset = len(planned.sampler.items)
+        remaining = None if n_items is None else n_items - offset
+        executor, n, size = self._resolve(planned.plan, n_jobs, chunksize, remaining)
+        if executor == "serial":
+            yield from SerialBackend().imap(self.__wrapped__, planned.source, offset=offset)
+            return
+        self._ensure_picklable()
+        backend = ProcessBackend(self._start_method())
+        yield from backend.imap(self, planned.source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered)
+
+    def plan(self, iterable: Iterable[Any]) -> Plan:
+        """What ``map(iterable)`` would do, without running the whole map.
+
+        A few items are evaluated to measure them (their results are discarded
+        here); ``Plan.data`` holds every input item.
+        """
+        items = as_sequence(iterable)
+        if in_worker():
+            return Plan("serial", 1, 1, 1.0, "serial: inside an autopar worker (no nested pools)", data=items)
+        planned = self._plan(iter(items), len(items))
+        return _with_data(planned.plan, items)
+
+    def cache_info(self) -> CacheInfo:
+        """Hits and misses of this function's plan lookups here, and plans on disk."""
+        prefix = plan_prefix(self._name_digest[0])
+        currsize = sum(1 for key in get_store().list_keys() if key.startswith(prefix))
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, None, currsize)
+
+    def cache_clear(self) -> None:
+        """Remove this function's stored plans and reset its counters."""
+        name = self._name_digest[0]
+        store = get_store()
+        store.evict(name)
+        prefix = plan_prefix(name)
+        for key in store.list_keys():
+            if key.startswith(prefix):
+                store.delete(key)
+        with self._lock:
+            self._hits = 0
+            self._misses = 0
+
+
+_FIXED = Plan("serial", 1, 1, 1.0, "explicit n_jobs and chunksize")
+
+
+def _with_data(plan: Plan, data: Any) -> Plan:
+    return Plan(
+        executor=plan.executor,
+        n_jobs=plan.n_jobs,
+        chunksize=plan.chunksize,
+        estimated_speedup=plan.estimated_speedup,
+        reason=plan.reason,
+        warnings=plan.warnings,
+        from_cache=plan.from_cache,
+        start_method=plan.start_method,
+        data=data,
+        profile=plan.profile,
+    )
+
+
+@overload
+def auto_parallel(func: Callable[P, R], /) -> AutoParallel[P, R]: ...
+
+
+@overload
+def auto_parallel(
+    *,
+    max_workers: int | None = None,
+    chunksize: int | None = None,
+    start_method: str | None = None,
+    use_cache: bool = True,
+    ttl: float = DEFAULT_TTL_S,
+) -> Callable[[Callable[P, R]], AutoParallel[P, R]]: ...
+
+
+def auto_parallel(
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    max_workers: int | None = None,
+    chunksize: int | None = None,
+    start_method: str | None = None,
+    use_cache: bool = True,
+    ttl: float = DEFAULT_TTL_S,
+) -> AutoParallel[P, R] | Callable[[Callable[P, R]], AutoParallel[P, R]]:
+    """Give a one-argument function a planned parallel ``.map``.
+
+    Use bare (``@auto_parallel``) or with keyword options
+    (``@auto_parallel(max_workers=4)``). The function must be defined at module
+    level for its items to run in worker processes.
+
+    >>> from autopar import auto_parallel
+    >>> @auto_parallel
+    ... def double(x):
+    ...     return 2 * x
+    >>> double(21)
+    42
+    """
+
+    def decorate(f: Callable[P, R]) -> AutoParallel[P, R]:
+        return AutoParallel(
+            f,
+            max_workers=max_workers,
+            chunksize=chunksize,
+            start_method=start_method,
+            use_cache=use_cache,
+            ttl=ttl,
+        )
+
+    if func is not None:
+        return decorate(func)
+    return decorate

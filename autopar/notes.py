@@ -1,0 +1,30 @@
+"""Notes added to exceptions so the caller learns which item failed."""
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+__all__ = ["add_item_note", "add_note"]
+
+_repr = reprlib.Repr()
+_repr.maxstring = 80
+_repr.maxother = 80
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` on 3.11+; on 3.10 the note is kept in ``__notes__``."""
+    adder = getattr(exc, "add_note", None)
+    if adder is not None:
+        adder(note)
+        return
+    try:
+        notes = exc.__dict__.setdefault("__notes__", [])
+        notes.append(note)
+    except AttributeError:  # exceptions with __slots__ and no __dict__
+        pass
+
+
+def add_item_note(exc: BaseException, index: int, item: Any) -> None:
+    """Name the failing item's index (and a short repr) on the exception."""
+    add_note(exc, f"autopar: raised while processing item {index}: {_repr.repr(item)}")

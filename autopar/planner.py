@@ -1,0 +1,292 @@
+"""From a function and its input to a :class:`~autopar.plan.Plan`: look up, or measure.
+
+The path of one call::
+
+    probe a few items here (results kept) -> time bucket -> key -> store lookup
+        hit  -> the stored plan (validated, clamped, fingerprint checked)
+        miss -> sample a few more items -> cost model -> store the plan
+
+Only the probe runs on a hit: it is the user's own work, not overhead, since its
+results are kept. Planning never starts a pool except to measure the machine's
+costs, once per machine and start method (see :mod:`autopar.calibration`).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ._version import CACHE_FORMAT
+from .calibration import load_or_measure_costs
+from .model import STREAM_ASSUMED_ITEMS, Decision, Workload, choose_plan, prior_costs
+from .plan import Plan, plan_record, read_plan_record, stale_reason
+from .sampling import Sampler
+from .store import PlanStore
+from .system import SystemInfo, current_system
+from .workload import plan_key, size_bucket, time_bucket
+
+__all__ = [
+    "DEFAULT_TTL_S",
+    "Options",
+    "Planned",
+    "make_plan",
+    "pickle_problem",
+    "plan_prefix",
+]
+
+logger = logging.getLogger("autopar")
+
+#: Plans older than a week are re-measured (the prior library's proven default).
+DEFAULT_TTL_S = 7 * 24 * 3600.0
+#: The probe evaluates at most this many items to learn the time bucket...
+PROBE_MAX_ITEMS = 16
+#: ...or stops once this much time is spent: one item of >= 0.5 ms is timed well
+#: enough on its own, and tiny items get a median over up to 16 calls.
+PROBE_BUDGET_S = 0.0005
+#: On a miss, sampling continues up to this many items in all...
+SAMPLE_MAX_ITEMS = 64
+#: ...or this much time, the cold-planning budget of a short call...
+SAMPLE_BUDGET_S = 0.02
+#: ...or this share of the estimated serial run, so sampling a long run of heavy
+#: items never serialises a noticeable part of it.
+SAMPLE_SHARE = 0.02
+#: A prior-cost plan this clearly serial needs no measured costs: even with the
+#: measured costs halving the overheads it would stay serial.
+CLEARLY_SERIAL = 0.5
+
+
+@dataclass(frozen=True)
+class Options:
+    """The decorator's planning options."""
+
+    max_workers: int | None = None
+    start_method: str | None = None
+    use_cache: bool = True
+    ttl: float = DEFAULT_TTL_S
+
+
+@dataclass
+class Planned:
+    """A plan plus what planning already computed: sampled items and their results."""
+
+    plan: Plan
+    sampler: Sampler
+    source: Iterator[Any]
+    hit: bool | None
+    key: str
+
+
+def plan_prefix(name: str) -> str:
+    """The key prefix shared by every plan of the function called ``name``."""
+    return f"plan:v{CACHE_FORMAT}:{name}:"
+
+
+def pickle_problem(func: Callable[..., Any]) -> str | None:
+    """Why ``func`` cannot be pickled for a worker, or None when it can."""
+    try:
+        pickle.dumps(func, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - pickle raises many types
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _lookup(
+    store: PlanStore,
+    keys: list[str],
+    system: SystemInfo,
+    options: Options,
+) -> tuple[str, Plan] | None:
+    now = time.time()
+    for key in keys:
+        record = read_plan_record(store.get(key), usable_cpus=system.usable_cpus, max_workers=options.max_workers)
+        if record is None:
+            continue
+        why = stale_reason(record.system, record.created, system, now=now, ttl=options.ttl)
+        if why is not None:
+            logger.debug("autopar: stored plan %s is stale: %s", key, why)
+            store.delete(key)
+            continue
+        plan = Plan(
+            executor=record.executor,
+            n_jobs=record.n_jobs,
+            chunksize=record.chunksize,
+            estimated_speedup=record.estimated_speedup,
+            reason=record.reason,
+            warnings=record.warnings,
+            from_cache=True,
+            start_method=system.start_method,
+        )
+        return key, plan
+    return None
+
+
+def _decide(
+    workload: Workload, system: SystemInfo, options: Options, store: PlanStore
+) -> tuple[Decision, dict[str, Any]]:
+    """The model's decision, measuring machine costs only when they could matter."""
+    costs = prior_costs(system.start_method)
+    decision = choose_plan(workload, costs, usable_cpus=system.usable_cpus, max_workers=options.max_workers)
+    best = min((c.predicted_s for c in decision.candidates), default=float("inf"))
+    clearly_serial = decision.executor == "serial" and decision.serial_s < CLEARLY_SERIAL * best
+    if not clearly_serial and decision.candidates:
+        costs = load_or_measure_costs(store, system)
+        decision = choose_plan(workload, costs, usable_cpus=system.usable_cpus, max_workers=options.max_workers)
+    return decision, asdict(costs)
+
+
+def make_plan(
+    func: Callable[[Any], Any],
+    name: str,
+    digest: str,
+    source: Iterator[Any],
+    n_items: int | None,
+    options: Options,
+    store: PlanStore,
+    *,
+    profile: bool = False,
+    sendable: Callable[..., Any] | None = None,
+) -> Planned:
+    """Probe, look up, and on a miss sample, decide and store. See the module doc.
+
+    ``func`` is called here to measure; ``sendable`` (default ``func``) is what
+    would be pickled for workers, checked before a process plan is returned.
+    """
+    t_start = time.perf_counter()
+    system = current_system(options.start_method)
+    sampler = Sampler(func)
+    exhausted = sampler.run(source, max_items=PROBE_MAX_ITEMS, budget_s=PROBE_BUDGET_S)
+    exhausted = exhausted or (n_items is not None and len(sampler.items) >= n_items)
+    probe_s = sorted(sampler.times)[len(sampler.times) // 2] if sampler.times else 0.0
+    tbucket = time_bucket(probe_s)
+
+    def key_for(bucket: int) -> str:
+        return plan_key(
+            name,
+            digest,
+            size=size_bucket(n_items),
+            tbucket=bucket,
+            start_method=system.start_method,
+            cpus=system.usable_cpus,
+            max_workers=options.max_workers,
+        )
+
+    key = key_for(tbucket)
+    if exhausted:
+        done = len(sampler.items)
+        plan = Plan(
+            "serial",
+            1,
+            1,
+            1.0,
+            f"serial: all {done} item(s) were evaluated while measuring",
+            start_method=system.start_method,
+        )
+        return Planned(plan, sampler, source, None, key)
+
+    if options.use_cache and not profile:
+        # A neighbouring time bucket is as good: a few items' median jitters by tens
+        # of percent between calls, and a plan is insensitive to a factor of two.
+        neighbours = [key, key_for(tbucket - 1), key_for(tbucket + 1)] if tbucket > 0 else [key, key_for(1)]
+        found = _lookup(store, neighbours, system, options)
+        if found is not None:
+            logger.debug("autopar: plan cache hit for %s: %s", found[0], found[1].reason)
+            return Planned(found[1], sampler, source, True, found[0])
+
+    estimated_total = (n_items if n_items is not None else STREAM_ASSUMED_ITEMS) * probe_s
+    # Only time spent evaluating items counts against the budget: a slow first open
+    # of the store must not starve the sample.
+    budget = min(SAMPLE_BUDGET_S, SAMPLE_SHARE * estimated_total) - sampler.elapsed_s
+    if budget > 0 and len(sampler.items) < SAMPLE_MAX_ITEMS:
+        exhausted = sampler.run(source, max_items=SAMPLE_MAX_ITEMS - len(sampler.items), budget_s=budget)
+    sample = sampler.summary()
+    if exhausted:
+        done = len(sampler.items)
+        plan = Plan(
+            "serial",
+            1,
+            1,
+            1.0,
+            f"serial: all {done} item(s) were evaluated while measuring",
+            start_method=system.start_method,
+        )
+        return Planned(plan, sampler, source, False, key)
+
+    workload = Workload(
+        n_items=n_items,
+        item_s=sample.mean_s,
+        cv=sample.cv,
+        cpu_fraction=sample.cpu_fraction,
+        in_bytes=sample.in_bytes,
+        out_bytes=sample.out_bytes,
+        pickle_s=sample.pickle_s,
+    )
+    decision, costs = _decide(workload, system, options, store)
+    executor, reason, warnings = decision.executor, decision.reason, []
+    if executor == "process":
+        problem = sample.unpicklable or pickle_problem(sendable if sendable is not None else func)
+        if problem is not None:
+            executor = "serial"
+            reason = f"serial: parallel would pay ({decision.estimated_speedup:.2f}x) but {problem}"
+            warnings.append(problem)
+    speedup = decision.estimated_speedup if executor == "process" else 1.0
+    n_jobs = decision.n_jobs if executor == "process" else 1
+    chunksize = decision.chunksize if executor == "process" else 1
+    planning_s = time.perf_counter() - t_start
+    logger.debug("autopar: planned %s in %.1f ms: %s", key, planning_s * 1e3, reason)
+
+    if options.use_cache and not profile:
+        store.set(
+            key,
+            plan_record(
+                function=name,
+                executor=executor,
+                n_jobs=n_jobs,
+                chunksize=chunksize,
+                estimated_speedup=speedup,
+                reason=reason,
+                warnings=tuple(warnings),
+                system=system,
+                created=time.time(),
+                workload={
+                    "n_items": n_items,
+                    "size_bucket": size_bucket(n_items),
+                    "time_bucket": tbucket,
+                    "item_s": workload.item_s,
+                    "cv": workload.cv,
+                    "cpu_fraction": workload.cpu_fraction,
+                    "in_bytes": workload.in_bytes,
+                    "out_bytes": workload.out_bytes,
+                },
+            ),
+            tag=name,
+            expire=options.ttl,
+        )
+    details = None
+    if profile:
+        details = {
+            "key": key,
+            "planning_s": planning_s,
+            "sample": sample.to_dict(),
+            "times": list(sample.times),
+            "costs": costs,
+            "predicted_s": decision.predicted_s,
+            "serial_s": decision.serial_s,
+            "candidates": [asdict(c) for c in decision.candidates],
+            "system": asdict(system),
+        }
+    plan = Plan(
+        executor=executor,
+        n_jobs=n_jobs,
+        chunksize=chunksize,
+        estimated_speedup=speedup,
+        reason=reason,
+        warnings=tuple(warnings),
+        from_cache=False,
+        start_method=system.start_method,
+        profile=details,
+    )
+    return Planned(plan, sampler, source, False, key)

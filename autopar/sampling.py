@@ -1,0 +1,184 @@
+"""Real evaluations of a few items, timed: the measurements a plan is made from.
+
+The sampler runs the user's function in this process and *keeps every result*, so
+an item evaluated while planning is never evaluated again. It knows nothing of
+pools or caches; it turns clocks and pickle sizes into a :class:`Sample`.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .notes import add_item_note
+
+__all__ = ["Sample", "Sampler"]
+
+#: Items whose pickled size and pickling time are measured. Sizes vary less than
+#: run times, and pickling a 200 MB item costs ~0.1 s, so a few are enough.
+SIZE_ITEMS = 4
+#: At most this many per-item times are kept in a Sample (enough for a median,
+#: a spread and a tail; more would only bloat ``profile=True`` output).
+_MAX_TIMES_KEPT = 256
+#: From this many timed items on, the first is left out of means and spreads.
+_STEADY_AFTER = 4
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What a few real evaluations of the function cost, in seconds and bytes."""
+
+    times: tuple[float, ...]
+    cpu_s: float
+    wall_s: float
+    in_bytes: float
+    out_bytes: float
+    pickle_s: float
+    unpicklable: str | None = None
+
+    @property
+    def n_timed(self) -> int:
+        """How many items were timed."""
+        return len(self.times)
+
+    @property
+    def steady(self) -> tuple[float, ...]:
+        """Item times without the first once four are known.
+
+        The first call pays one-time costs (lazy imports, cold caches, page faults);
+        kept, it reads as an outlier that shrinks chunks for no reason.
+        """
+        return self.times[1:] if len(self.times) >= _STEADY_AFTER else self.times
+
+    @property
+    def mean_s(self) -> float:
+        """Mean seconds per item (the quantity total work scales with)."""
+        return statistics.fmean(self.steady) if self.times else 0.0
+
+    @property
+    def median_s(self) -> float:
+        """Median seconds per item."""
+        return statistics.median(self.steady) if self.times else 0.0
+
+    @property
+    def cv(self) -> float | None:
+        """Coefficient of variation of item times, or None below three steady items."""
+        steady = self.steady
+        if len(steady) < 3:
+            return None
+        mean = statistics.fmean(steady)
+        return statistics.pstdev(steady) / mean if mean > 0 else 0.0
+
+    @property
+    def cpu_fraction(self) -> float:
+        """CPU seconds per wall second while sampling (about 1 for CPU-bound work)."""
+        if self.wall_s <= 0:
+            return 1.0
+        return max(0.0, self.cpu_s / self.wall_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers, for reports and ``profile=True``."""
+        return {
+            "n_timed": self.n_timed,
+            "mean_s": self.mean_s,
+            "median_s": self.median_s,
+            "cv": self.cv,
+            "cpu_fraction": self.cpu_fraction,
+            "in_bytes": self.in_bytes,
+            "out_bytes": self.out_bytes,
+            "pickle_s": self.pickle_s,
+            "unpicklable": self.unpicklable,
+        }
+
+
+class Sampler:
+    """Evaluates items one at a time, keeping items, results and per-item times."""
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func = func
+        self.items: list[Any] = []
+        self.results: list[Any] = []
+        self.times: list[float] = []
+        self._cpu = 0.0
+        self._wall = 0.0
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall seconds spent evaluating items so far."""
+        return self._wall
+
+    def run(self, source: Iterator[Any], *, max_items: int, budget_s: float) -> bool:
+        """Evaluate up to ``max_items`` more items or until ``budget_s`` is spent.
+
+        At least one item is evaluated when any is left. Returns True when
+        ``source`` is exhausted. An exception from the function propagates, with a
+        note naming the item's index, exactly as a serial loop would raise it.
+        """
+        func = self.func
+        items, results, times = self.items, self.results, self.times
+        perf = time.perf_counter
+        cpu0 = time.process_time()
+        start = perf()
+        deadline = start + budget_s
+        exhausted = False
+        for _ in range(max(1, max_items)):
+            try:
+                item = next(source)
+            except StopIteration:
+                exhausted = True
+                break
+            t0 = perf()
+            try:
+                result = func(item)
+            except BaseException as exc:
+                add_item_note(exc, len(items), item)
+                raise
+            t1 = perf()
+            items.append(item)
+            results.append(result)
+            times.append(t1 - t0)
+            if t1 >= deadline:
+                break
+        self._wall += perf() - start
+        self._cpu += time.process_time() - cpu0
+        return exhausted
+
+    def summary(self) -> Sample:
+        """Measure pickle sizes of the first few items and results; freeze a Sample."""
+        in_sizes: list[int] = []
+        out_sizes: list[int] = []
+        pickle_times: list[float] = []
+        problem: str | None = None
+        for index, (item, result) in enumerate(zip(self.items, self.results, strict=True)):
+            if index >= SIZE_ITEMS:
+                break
+            t0 = time.perf_counter()
+            try:
+                blob_in = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # noqa: BLE001 - any pickling failure is reported
+                problem = f"item {index} cannot be pickled: {type(exc).__name__}: {exc}"
+                break
+            try:
+                blob_out = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # noqa: BLE001
+                problem = f"the result of item {index} cannot be pickled: {type(exc).__name__}: {exc}"
+                break
+            pickle.loads(blob_in)
+            pickle.loads(blob_out)
+            pickle_times.append(time.perf_counter() - t0)
+            in_sizes.append(len(blob_in))
+            out_sizes.append(len(blob_out))
+        return Sample(
+            times=tuple(self.times[:_MAX_TIMES_KEPT]),
+            cpu_s=self._cpu,
+            wall_s=self._wall,
+            in_bytes=statistics.fmean(in_sizes) if in_sizes else math.nan,
+            out_bytes=statistics.fmean(out_sizes) if out_sizes else math.nan,
+            pickle_s=statistics.fmean(pickle_times) if pickle_times else 0.0,
+            unpicklable=problem,
+        )

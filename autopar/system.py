@@ -1,0 +1,142 @@
+"""What this machine offers: usable CPUs, start method, memory, worker detection.
+
+Nothing here starts a process. Reading cgroup files and ``/proc/meminfo`` costs tens
+of microseconds, so both are kept for a short while; CPU affinity is read every time
+because it is cheap and changes under us (``taskset``, ``os.sched_setaffinity``).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._version import CACHE_FORMAT, __version__
+
+__all__ = [
+    "SystemInfo",
+    "available_memory",
+    "current_system",
+    "default_start_method",
+    "in_worker",
+    "mark_worker",
+    "usable_cpus",
+]
+
+#: Seconds a cgroup CPU quota reading is trusted: quotas change only when an
+#: operator resizes the container, and re-reading costs ~20 us per call.
+_CGROUP_REFRESH_S = 30.0
+#: Seconds an available-memory reading is trusted: psutil reads /proc/meminfo
+#: (~20 us); plans tolerate a 20 % drift, so a one-second-old value is plenty.
+_MEMORY_REFRESH_S = 1.0
+
+_lock = threading.Lock()
+_cgroup_cache: tuple[float, int | None] = (-math.inf, None)
+_memory_cache: tuple[float, int] = (-math.inf, 0)
+_in_worker = False
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """The facts a stored plan depends on; a plan made under other facts is stale."""
+
+    usable_cpus: int
+    start_method: str
+    available_memory: int
+    python: str
+    autopar: str
+    cache_format: int
+
+
+def _cgroup_cpu_limit() -> int | None:
+    """CPUs allowed by a cgroup quota (v2 ``cpu.max`` or v1 cfs files), if any."""
+    v2 = Path("/sys/fs/cgroup/cpu.max")
+    try:
+        quota_s, period_s = v2.read_text().split()[:2]
+        if quota_s == "max":
+            return None
+        return max(1, math.ceil(int(quota_s) / int(period_s)))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, math.ceil(quota / period))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may really use: affinity mask and cgroup quota, not cpu_count."""
+    global _cgroup_cache
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    now = time.monotonic()
+    stamp, limit = _cgroup_cache
+    if now - stamp > _CGROUP_REFRESH_S:
+        limit = _cgroup_cpu_limit()
+        _cgroup_cache = (now, limit)
+    if limit is not None:
+        count = min(count, limit)
+    return max(1, count)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new processes (psutil), read at most once a second."""
+    global _memory_cache
+    now = time.monotonic()
+    with _lock:
+        stamp, value = _memory_cache
+        if now - stamp <= _MEMORY_REFRESH_S:
+            return value
+    import psutil  # imported late: workers never need it, and it costs ~10 ms
+
+    value = int(psutil.virtual_memory().available)
+    with _lock:
+        _memory_cache = (now, value)
+    return value
+
+
+def default_start_method() -> str:
+    """The start method a new Pool would use, without fixing the global default.
+
+    ``multiprocessing.get_context().get_start_method()`` would *set* the default as a
+    side effect, breaking a later ``set_start_method`` in the user's program.
+    """
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    if chosen is not None:
+        return chosen
+    # The documentation promises the platform default comes first.
+    return multiprocessing.get_all_start_methods()[0]
+
+
+def current_system(start_method: str | None = None) -> SystemInfo:
+    """The fingerprint stored with each plan and compared on every lookup."""
+    return SystemInfo(
+        usable_cpus=usable_cpus(),
+        start_method=start_method or default_start_method(),
+        available_memory=available_memory(),
+        python=platform.python_version(),
+        autopar=__version__,
+        cache_format=CACHE_FORMAT,
+    )
+
+
+def mark_worker() -> None:
+    """Pool initializer: note that this process is an autopar worker."""
+    global _in_worker
+    _in_worker = True
+
+
+def in_worker() -> bool:
+    """True inside an autopar worker, where ``.map`` must run serially (no nested pools)."""
+    return _in_worker

@@ -1,0 +1,311 @@
+"""The plan store: hits, misses, invalidation, the on-disk format, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+
+import autopar
+from autopar import CacheWarning, auto_parallel, clear_cache, get_cache_dir, prune_expired_cache
+from autopar.store import get_store
+from tests import workloads
+from tests.conftest import affinity_available
+
+pytestmark = pytest.mark.timeout(60)
+
+HEAVY_ITEMS = range(300)
+
+
+def _plan_rows(cache_dir: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(cache_dir / "cache.db") as con:
+        return [(k, v) for k, v in con.execute("SELECT key, value FROM Cache") if k.startswith("plan:")]
+
+
+def _edit_plans(edit: types.FunctionType) -> None:
+    """Rewrite every stored plan record through the store, as another process might."""
+    store = get_store()
+    for key in store.list_keys():
+        if key.startswith("plan:"):
+            record = json.loads(store.get(key) or "{}")
+            edit(record)
+            store.set(key, json.dumps(record))
+
+
+def test_second_call_hits_and_plan_is_stored(start_method: str, cache_dir: Path) -> None:
+    f = workloads.heavy_plain
+    assert f.map(HEAVY_ITEMS) == [3 * x for x in HEAVY_ITEMS]
+    info = f.cache_info()
+    assert (info.hits, info.misses, info.maxsize, info.currsize) == (0, 1, None, 1)
+    assert f.map(HEAVY_ITEMS) == [3 * x for x in HEAVY_ITEMS]
+    info = f.cache_info()
+    assert (info.hits, info.misses, info.currsize) == (1, 1, 1)
+    plan = f.plan(HEAVY_ITEMS)
+    assert plan.from_cache
+    assert plan.executor == "process"
+    [(key, value)] = _plan_rows(cache_dir)
+    record = json.loads(value)
+    assert record["plan"]["executor"] == "process"
+    assert record["system"]["start_method"] == start_method
+    assert f"v{autopar._version.CACHE_FORMAT}" in key
+
+
+def test_size_bucket_separates_plans() -> None:
+    f = workloads.heavy_plain
+    f.plan(range(300))
+    f.plan(range(5000))
+    assert f.cache_info().misses == 2
+    assert f.cache_info().currsize == 2
+
+
+def _versioned(constant: int) -> autopar.AutoParallel[[int], int]:
+    namespace: dict[str, object] = {}
+    source = (
+        f"def scale(x):\n    t = __import__('time').perf_counter() + 0.001\n"
+        f"    while __import__('time').perf_counter() < t: pass\n    return x * {constant}\n"
+    )
+    exec(compile(source, "<versioned>", "exec"), namespace)
+    func = namespace["scale"]
+    func.__module__ = "tests.versioned"  # type: ignore[attr-defined]
+    return auto_parallel(func)  # type: ignore[arg-type]
+
+
+def test_changing_a_constant_in_the_code_misses() -> None:
+    twice, thrice = _versioned(2), _versioned(3)
+    twice.plan(range(200))
+    assert twice.plan(range(200)).from_cache
+    assert not thrice.plan(range(200)).from_cache
+    assert thrice.cache_info().misses == 1
+    assert twice.plan(range(200)).from_cache  # the old version's plan is still there
+
+
+def test_ttl_expiry_misses() -> None:
+    f = auto_parallel(ttl=3600)(workloads.heavy_plain.__wrapped__)
+    f.plan(HEAVY_ITEMS)
+    assert f.plan(HEAVY_ITEMS).from_cache
+    _edit_plans(lambda r: r.update(created=r["created"] - 7200))
+    assert not f.plan(HEAVY_ITEMS).from_cache
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("python", "2.7.18"), ("autopar", "0.0.1"), ("cache_format", 0)],
+)
+def test_version_changes_miss(field: str, value: object) -> None:
+    f = workloads.heavy_plain
+    f.plan(HEAVY_ITEMS)
+    _edit_plans(lambda r: r["system"].update({field: value}))
+    assert not f.plan(HEAVY_ITEMS).from_cache
+
+
+@pytest.mark.parametrize(("factor", "hits"), [(1.1, True), (0.9, True), (1.3, False), (0.7, False)])
+def test_memory_change_over_20_percent_misses(factor: float, hits: bool) -> None:
+    f = workloads.heavy_plain
+    f.plan(HEAVY_ITEMS)
+    now = autopar.system.available_memory()
+    _edit_plans(lambda r: r["system"].update(available_memory=int(now * factor)))
+    assert f.plan(HEAVY_ITEMS).from_cache is hits
+
+
+@pytest.mark.skipif(not affinity_available(), reason="needs sched_setaffinity and 2 CPUs")
+def test_cpu_count_change_misses() -> None:
+    f = workloads.heavy_plain
+    f.plan(HEAVY_ITEMS)
+    original = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(original)})
+        plan = f.plan(HEAVY_ITEMS)
+        assert not plan.from_cache
+        assert plan.executor == "serial"  # one usable CPU
+        _edit_plans(lambda r: r["system"].update(usable_cpus=len(original)))  # forged
+    finally:
+        os.sched_setaffinity(0, original)
+    assert f.plan(HEAVY_ITEMS).from_cache
+
+
+def test_start_method_change_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    f = workloads.heavy_plain
+    previous = multiprocessing.get_start_method(allow_none=True)
+    try:
+        multiprocessing.set_start_method("fork", force=True)
+        f.plan(HEAVY_ITEMS)
+        assert f.plan(HEAVY_ITEMS).from_cache
+        multiprocessing.set_start_method("spawn", force=True)
+        assert not f.plan(HEAVY_ITEMS).from_cache
+        # the record itself is checked too, not only the key
+        _edit_plans(lambda r: r["system"].update(start_method="forkserver"))
+        assert not f.plan(HEAVY_ITEMS).from_cache
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+
+
+def test_store_holds_only_text_rows(cache_dir: Path) -> None:
+    workloads.heavy_plain.map(HEAVY_ITEMS)
+    workloads.add_one.map(range(5000))
+    with sqlite3.connect(cache_dir / "cache.db") as con:
+        rows = con.execute("SELECT key, raw, mode, filename, typeof(key), typeof(value), value FROM Cache").fetchall()
+    assert len(rows) >= 3  # two plans and the machine's measured costs
+    for key, raw, mode, filename, key_type, value_type, value in rows:
+        assert (raw, mode, filename, key_type, value_type) == (1, 1, None, "text", "text"), key
+        assert isinstance(json.loads(value), dict)
+
+
+def test_cache_dir_from_environment(cache_dir: Path) -> None:
+    assert get_cache_dir() == cache_dir
+    workloads.heavy_plain.plan(HEAVY_ITEMS)
+    assert (cache_dir / "cache.db").is_file()
+    assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((cache_dir / "cache.db").stat().st_mode) == 0o600
+
+
+def test_default_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("AUTOPAR_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert get_cache_dir() == tmp_path / "xdg" / "autopar"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # not absolute: ignored
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert get_cache_dir() == tmp_path / "home" / ".cache" / "autopar"
+
+
+def test_use_cache_false_never_stores() -> None:
+    f = auto_parallel(use_cache=False)(workloads.heavy_plain.__wrapped__)
+    f.plan(HEAVY_ITEMS)
+    f.plan(HEAVY_ITEMS)
+    info = f.cache_info()
+    assert (info.hits, info.misses, info.currsize) == (0, 2, 0)
+
+
+def test_cache_clear_and_clear_cache() -> None:
+    f = workloads.heavy_plain
+    f.plan(range(300))
+    f.plan(range(3000))
+    workloads.add_one.plan(range(5000))
+    assert f.cache_info().currsize == 2
+    f.cache_clear()
+    assert f.cache_info() == (0, 0, None, 0)
+    assert workloads.add_one.cache_info().currsize == 1
+    assert clear_cache() >= 1
+    assert workloads.add_one.cache_info().currsize == 0
+
+
+def test_prune_expired_cache() -> None:
+    workloads.heavy_plain.plan(range(300))
+    workloads.add_one.plan(range(5000))
+    assert prune_expired_cache() == 0
+    _edit_plans(lambda r: r.update(created=r["created"] - 3600))
+    assert prune_expired_cache(ttl_seconds=1800) == 2
+    assert workloads.add_one.cache_info().currsize == 0
+
+
+def test_measured_costs_are_stored_and_reused() -> None:
+    store = get_store()
+    workloads.heavy_plain.plan(HEAVY_ITEMS)
+    [key] = [k for k in store.list_keys() if k.startswith("costs:")]
+    first = json.loads(store.get(key) or "{}")
+    assert first["costs"]["worker_start_s"] > 0
+    workloads.heavy.plan(HEAVY_ITEMS)  # another function: the machine's costs are reused
+    assert json.loads(store.get(key) or "{}")["created"] == first["created"]
+
+
+def test_corrupt_database_warns_once_and_map_still_works(cache_dir: Path) -> None:
+    cache_dir.mkdir(mode=0o700)
+    (cache_dir / "cache.db").write_bytes(b"this is not a database" * 100)
+    with pytest.warns(CacheWarning, match="corrupt"):
+        assert workloads.heavy_plain.map(HEAVY_ITEMS) == [3 * x for x in HEAVY_ITEMS]
+    assert list(cache_dir.glob("cache.db.corrupt-*")), "the bad file was not set aside"
+    assert workloads.heavy_plain.plan(HEAVY_ITEMS).from_cache  # a fresh store works
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_cache_dir_warns_and_map_still_works(cache_dir: Path) -> None:
+    cache_dir.mkdir(mode=0o500)
+    with pytest.warns(CacheWarning):
+        assert workloads.heavy_plain.map(HEAVY_ITEMS) == [3 * x for x in HEAVY_ITEMS]
+
+
+def test_uncreatable_cache_dir_warns_once_and_map_still_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("AUTOPAR_CACHE_DIR", str(blocker / "cache"))  # fails even for root
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        first = workloads.heavy_plain.map(HEAVY_ITEMS)
+        second = workloads.heavy_plain.map(HEAVY_ITEMS)
+    assert first == second == [3 * x for x in HEAVY_ITEMS]
+    assert "cannot create" in str(record[0].message)
+    assert len([w for w in record if issubclass(w.category, CacheWarning)]) == 1
+    assert workloads.heavy_plain.cache_info().hits == 1  # the in-memory fallback still plans once
+
+
+def test_unsafe_cache_dir_is_refused(cache_dir: Path) -> None:
+    cache_dir.mkdir(mode=0o777)
+    os.chmod(cache_dir, 0o777)
+    with pytest.warns(CacheWarning, match="writable by group or others"):
+        assert workloads.heavy_plain.map(HEAVY_ITEMS) == [3 * x for x in HEAVY_ITEMS]
+    assert not (cache_dir / "cache.db").exists()
+    # planning still works, in memory, and warns only once
+    assert workloads.heavy_plain.plan(HEAVY_ITEMS).from_cache
+
+
+def test_tampered_pickle_row_is_never_unpickled(cache_dir: Path, tmp_path: Path) -> None:
+    import pickle
+
+    f = workloads.heavy_plain
+    f.plan(HEAVY_ITEMS)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (os.system, (f"touch {marker}",))
+
+    with sqlite3.connect(cache_dir / "cache.db") as con:
+        con.execute("UPDATE Cache SET mode = 4, value = ? WHERE key LIKE 'plan:%'", (pickle.dumps(Payload()),))
+    plan = f.plan(HEAVY_ITEMS)
+    assert not marker.exists(), "a pickled row was unpickled"
+    assert not plan.from_cache
+
+
+def test_poisoned_values_are_clamped() -> None:
+    f = workloads.heavy_plain
+    f.plan(HEAVY_ITEMS)
+    _edit_plans(lambda r: r["plan"].update(n_jobs=10**6, chunksize=0))
+    plan = f.plan(HEAVY_ITEMS)
+    assert plan.from_cache
+    assert 1 <= plan.n_jobs <= autopar.system.usable_cpus()
+    assert plan.chunksize >= 1
+    assert f.map(HEAVY_ITEMS) == [3 * x for x in HEAVY_ITEMS]
+    _edit_plans(lambda r: r["plan"].update(n_jobs="4"))
+    assert not f.plan(HEAVY_ITEMS).from_cache
+
+
+def test_time_bucket_comes_from_a_real_measurement() -> None:
+    f = workloads.sleepy
+    f.plan([0.0001] * 40)
+    f.plan([0.02] * 40)  # 200x slower items: a different time bucket, a different plan
+    assert f.cache_info().misses == 2
+    assert f.cache_info().currsize == 2
+
+
+def test_a_hit_evaluates_only_the_probe_items() -> None:
+    """A hit must not re-sample: it evaluates only the probe's handful of items."""
+    calls = []
+
+    @auto_parallel
+    def counted(x: int) -> int:
+        calls.append(x)
+        workloads.spin(0.001)
+        return x
+
+    counted.plan(range(2000))
+    sampled = len(calls)
+    calls.clear()
+    assert counted.plan(range(2000)).from_cache
+    assert 1 <= len(calls) < sampled

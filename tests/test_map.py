@@ -1,0 +1,162 @@
+"""``.map`` and ``.imap`` on real pools: results, ordering, each item once, errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from autopar import NotIterableError, RemoteTraceback, UnpicklableError, auto_parallel
+from tests import workloads
+from tests.conftest import logged_items
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_decorated_function_calls_as_itself() -> None:
+    assert workloads.add_one(41) == 42
+    assert workloads.add_one.__name__ == "add_one"
+    assert workloads.add_one.__wrapped__(1) == 2
+    assert pickle.loads(pickle.dumps(workloads.add_one)) is workloads.add_one
+
+
+def test_heavy_map_equals_serial_on_real_workers(start_method: str) -> None:
+    items = list(range(300))
+    results = workloads.heavy.map(items)
+    assert [value for value, _ in results] == [2 * x for x in items]
+    pids = {pid for _, pid in results}
+    worker_pids = pids - {os.getpid()}
+    assert len(worker_pids) >= 2, f"expected items computed by >= 2 workers, got pids {pids}"
+    plan = workloads.heavy.plan(items)
+    assert plan.executor == "process"
+    assert plan.start_method == start_method
+
+
+def test_tiny_function_runs_serially_and_correctly() -> None:
+    items = range(20_000)
+    assert workloads.add_one.map(items) == [x + 1 for x in items]
+    plan = workloads.add_one.plan(items)
+    assert plan.executor == "serial"
+    assert plan.n_jobs == 1
+    assert plan.reason.startswith("serial")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [list, tuple, lambda xs: xs, lambda xs: (x for x in xs), iter, lambda xs: dict.fromkeys(xs)],
+    ids=["list", "tuple", "range", "generator", "iterator", "dict"],
+)
+def test_every_iterable_kind_gives_the_serial_result(make: object) -> None:
+    items = range(200)
+    expected = [3 * x for x in items]
+    assert workloads.heavy_plain.map(make(items)) == expected  # type: ignore[operator]
+
+
+def test_each_item_runs_exactly_once_from_a_generator(start_method: str, call_log: Path) -> None:
+    n = 400
+    results = workloads.logged.map((x, str(call_log)) for x in range(n))
+    assert results == [x * x for x in range(n)]
+    calls = logged_items(call_log)
+    assert sorted(calls) == list(range(n)), "an item was evaluated twice or never"
+
+
+def test_imap_streams_in_order_and_unordered(start_method: str, call_log: Path) -> None:
+    n = 300
+    ordered = list(workloads.logged.imap((x, str(call_log)) for x in range(n)))
+    assert ordered == [x * x for x in range(n)]
+    unordered = list(workloads.logged.imap([(x, str(call_log)) for x in range(n)], ordered=False))
+    assert sorted(unordered) == [x * x for x in range(n)]
+    assert sorted(logged_items(call_log)) == sorted(list(range(n)) * 2)
+
+
+def test_imap_stopped_early_leaves_no_worker() -> None:
+    stream = workloads.heavy_plain.imap(iter(range(10**9)))  # endless for practical purposes
+    first = [next(stream) for _ in range(50)]
+    assert first == [3 * x for x in range(50)]
+    stream.close()  # the no_child_left_behind fixture checks the pool is gone
+
+
+def test_explicit_arguments_override_the_plan(start_method: str) -> None:
+    before = workloads.add_one.cache_info()
+    results = workloads.add_one.map(range(1000), n_jobs=2, chunksize=7)
+    assert results == [x + 1 for x in range(1000)]
+    after = workloads.add_one.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses), "explicit args must skip planning"
+
+
+def test_n_jobs_one_is_the_serial_loop() -> None:
+    assert workloads.heavy.map(range(30), n_jobs=1) == [(2 * x, os.getpid()) for x in range(30)]
+
+
+def test_max_workers_one_plans_serial() -> None:
+    plan = workloads.capped.plan(range(500))
+    assert plan.executor == "serial"
+    assert "one worker" in plan.reason
+    assert workloads.capped.map(range(50)) == list(range(50))
+
+
+def test_map_inside_a_worker_runs_serially() -> None:
+    results = workloads.nested.map(range(120), n_jobs=2, chunksize=4)
+    assert all(flag for flag, _ in results), "in_worker() was False inside a worker"
+    assert [inner for _, inner in results] == [[y + 1 for y in range(x % 5 + 20)] for x in range(120)]
+
+
+def test_worker_exception_keeps_its_type_and_names_the_item(start_method: str) -> None:
+    with pytest.raises(workloads.ItemError) as info:
+        workloads.fails_on_13.map(range(400), n_jobs=2, chunksize=5)
+    exc = info.value
+    assert exc.args == ("bad item 13", 13)
+    assert isinstance(exc.__cause__, RemoteTraceback)
+    assert "fails_on_13" in str(exc.__cause__)
+    assert any("item 13" in note for note in getattr(exc, "__notes__", []))
+
+
+def test_exception_while_sampling_is_the_serial_one() -> None:
+    with pytest.raises(workloads.ItemError) as info:
+        workloads.fails_on_13.map(range(14, 0, -1))  # 13 is the second item: hit while probing
+    assert any("item 1" in note for note in getattr(info.value, "__notes__", []))
+
+
+def test_not_iterable_input_is_a_clear_error() -> None:
+    with pytest.raises(NotIterableError, match=r"iterable.*int"):
+        workloads.add_one.map(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # NotIterableError is also a TypeError
+        workloads.add_one.imap(3.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_bad_n_jobs_is_rejected(bad: object) -> None:
+    with pytest.raises(ValueError, match="n_jobs"):
+        workloads.add_one.map(range(3), n_jobs=bad)  # type: ignore[arg-type]
+
+
+def test_bad_decorator_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="start_method"):
+        auto_parallel(start_method="thread")(len)
+    with pytest.raises(ValueError, match="ttl"):
+        auto_parallel(ttl=0)(len)
+    with pytest.raises(TypeError, match="callable"):
+        auto_parallel(42)  # type: ignore[call-overload]
+
+
+def test_local_function_cannot_go_to_workers_but_runs_serially() -> None:
+    @auto_parallel
+    def local_heavy(x: int) -> int:
+        workloads.spin(0.002)
+        return x
+
+    with pytest.raises(UnpicklableError, match="module level"):
+        local_heavy.map(range(100), n_jobs=2)
+    plan = local_heavy.plan(range(300))
+    assert plan.executor == "serial"
+    assert plan.warnings
+    assert "pickl" in plan.warnings[0].lower()
+    assert local_heavy.map(range(300)) == list(range(300))
+
+
+def test_empty_and_single_inputs() -> None:
+    assert workloads.heavy_plain.map([]) == []
+    assert workloads.heavy_plain.map([5]) == [15]
+    assert list(workloads.heavy_plain.imap([])) == []

@@ -1,0 +1,82 @@
+"""Module-level decorated functions, importable by spawn and forkserver workers."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from autopar import auto_parallel
+from autopar.system import in_worker
+
+
+def spin(seconds: float) -> None:
+    """Burn CPU (not sleep) for ``seconds``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@auto_parallel
+def add_one(x: int) -> int:
+    return x + 1
+
+
+@auto_parallel
+def heavy(x: int) -> tuple[int, int]:
+    """2 ms of CPU per item; returns the item doubled and the pid that computed it."""
+    spin(0.002)
+    return 2 * x, os.getpid()
+
+
+@auto_parallel
+def heavy_plain(x: int) -> int:
+    spin(0.002)
+    return 3 * x
+
+
+@auto_parallel
+def logged(item: tuple[int, str]) -> int:
+    """1 ms of CPU; appends x to the log file named in the item (to count calls).
+
+    The path travels with the item, not in the environment: forkserver workers
+    inherit the environment of when the forkserver started, not of now.
+    """
+    x, log = item
+    spin(0.001)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"{x}\n".encode())
+    finally:
+        os.close(fd)
+    return x * x
+
+
+class ItemError(ValueError):
+    """A distinct exception type, to check the caller gets the original type."""
+
+
+@auto_parallel
+def fails_on_13(x: int) -> int:
+    spin(0.001)
+    if x == 13:
+        raise ItemError(f"bad item {x}", x)
+    return x
+
+
+@auto_parallel
+def nested(x: int) -> tuple[bool, list[int]]:
+    """Calls .map from inside a worker: must run serially there."""
+    spin(0.002)
+    return in_worker(), add_one.map(range(x % 5 + 20))
+
+
+@auto_parallel(max_workers=1)
+def capped(x: int) -> int:
+    spin(0.002)
+    return x
+
+
+@auto_parallel
+def sleepy(x: float) -> float:
+    time.sleep(x)
+    return x
