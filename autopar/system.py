@@ -53,9 +53,13 @@ class SystemInfo:
     cache_format: int
 
 
-def _cgroup_cpu_limit() -> int | None:
-    """CPUs allowed by a cgroup quota (v2 ``cpu.max`` or v1 cfs files), if any."""
-    v2 = Path("/sys/fs/cgroup/cpu.max")
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs allowed by a cgroup quota (v2 ``cpu.max`` or v1 cfs files), if any.
+
+    A quota of 150000 per 100000 us period allows 1.5 CPUs: rounded up to 2,
+    since a second worker still gets half a CPU of useful time.
+    """
+    v2 = root / "cpu.max"
     try:
         quota_s, period_s = v2.read_text().split()[:2]
         if quota_s == "max":
@@ -64,8 +68,8 @@ def _cgroup_cpu_limit() -> int | None:
     except (OSError, ValueError):
         pass
     try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
     if quota <= 0 or period <= 0:

@@ -1,0 +1,56 @@
+"""Usable CPUs, start methods and the fingerprint."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from autopar import system
+
+
+def test_cgroup_v2_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert system._cgroup_cpu_limit(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert system._cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert system._cgroup_cpu_limit(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert system._cgroup_cpu_limit(tmp_path) is None
+
+
+def test_no_cgroup_files_means_no_limit(tmp_path: Path) -> None:
+    assert system._cgroup_cpu_limit(tmp_path) is None
+
+
+def test_usable_cpus_follows_affinity() -> None:
+    expected = len(os.sched_getaffinity(0))
+    assert 1 <= system.usable_cpus() <= expected
+
+
+def test_default_start_method_does_not_fix_the_global_default() -> None:
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method(None, force=True)
+    try:
+        assert system.default_start_method() in multiprocessing.get_all_start_methods()
+        assert multiprocessing.get_start_method(allow_none=True) is None
+        multiprocessing.set_start_method("spawn")  # still allowed: nothing was fixed
+        assert system.default_start_method() == "spawn"
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_fingerprint_names_the_start_method(method: str) -> None:
+    info = system.current_system(method)
+    assert info.start_method == method
+    assert info.available_memory > 0
+    assert info.usable_cpus == system.usable_cpus()
