@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .decorator import AutoParallel, _with_data, as_sequence
-from .plan import read_costs_record, read_plan_record
+from .decorator import _IN_WORKER, AutoParallel, as_sequence
+from .plan import read_costs_record, read_plan_record, serial_plan
 from .planner import DEFAULT_TTL_S, Options, make_plan
 from .store import get_store
 from .system import in_worker, usable_cpus
@@ -45,20 +46,18 @@ def optimize(
                 profile=profile,
                 sendable=func,
             )
-            return _with_data(planned.plan, items)
+            return dataclasses.replace(planned.plan, data=items)
         return func.plan(data)
     if not callable(func):
         msg = f"optimize needs a callable, got {type(func).__name__}"
         raise TypeError(msg)
     items = as_sequence(data)
-    from .plan import Plan
-
     if in_worker():
-        return Plan("serial", 1, 1, 1.0, "serial: inside an autopar worker (no nested pools)", data=items)
+        return serial_plan(_IN_WORKER, data=items)
     name, digest = function_identity(func)
     options = Options(use_cache=use_cache and not profile)
     planned = make_plan(func, name, digest, iter(items), len(items), options, get_store(), profile=profile)
-    return _with_data(planned.plan, items)
+    return dataclasses.replace(planned.plan, data=items)
 
 
 def clear_cache() -> int:

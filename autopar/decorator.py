@@ -8,6 +8,7 @@ worker, and the store opens only when a plan is first needed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import operator
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, 
 
 from .backends import ProcessBackend, SerialBackend
 from .errors import NotIterableError, UnpicklableError
-from .plan import Plan
+from .plan import Plan, serial_plan
 from .planner import DEFAULT_TTL_S, Options, Planned, make_plan, pickle_problem, plan_prefix
 from .store import get_store
 from .system import default_start_method, in_worker
@@ -283,9 +284,9 @@ class AutoParallel(Generic[P, R]):
         """
         items = as_sequence(iterable)
         if in_worker():
-            return Plan("serial", 1, 1, 1.0, "serial: inside an autopar worker (no nested pools)", data=items)
+            return serial_plan(_IN_WORKER, data=items)
         planned = self._plan(iter(items), len(items))
-        return _with_data(planned.plan, items)
+        return dataclasses.replace(planned.plan, data=items)
 
     def cache_info(self) -> CacheInfo:
         """Hits and misses of this function's plan lookups here, and plans on disk."""
@@ -308,22 +309,8 @@ class AutoParallel(Generic[P, R]):
             self._misses = 0
 
 
-_FIXED = Plan("serial", 1, 1, 1.0, "explicit n_jobs and chunksize")
-
-
-def _with_data(plan: Plan, data: Any) -> Plan:
-    return Plan(
-        executor=plan.executor,
-        n_jobs=plan.n_jobs,
-        chunksize=plan.chunksize,
-        estimated_speedup=plan.estimated_speedup,
-        reason=plan.reason,
-        warnings=plan.warnings,
-        from_cache=plan.from_cache,
-        start_method=plan.start_method,
-        data=data,
-        profile=plan.profile,
-    )
+_FIXED = serial_plan("explicit n_jobs and chunksize")
+_IN_WORKER = "serial: inside an autopar worker (no nested pools)"
 
 
 @overload

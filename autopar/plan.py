@@ -26,6 +26,7 @@ __all__ = [
     "plan_record",
     "read_costs_record",
     "read_plan_record",
+    "serial_plan",
     "stale_reason",
 ]
 
@@ -58,6 +59,11 @@ class Plan:
     start_method: str = ""
     data: Any = field(default=None, repr=False, compare=False)
     profile: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+
+def serial_plan(reason: str, *, start_method: str = "", data: Any = None) -> Plan:
+    """A plan to run in this process, with the one-sentence reason why."""
+    return Plan("serial", 1, 1, 1.0, reason, start_method=start_method, data=data)
 
 
 @dataclass(frozen=True)

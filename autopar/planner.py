@@ -23,7 +23,7 @@ from typing import Any
 from ._version import CACHE_FORMAT
 from .calibration import load_or_measure_costs
 from .model import STREAM_ASSUMED_ITEMS, Decision, Workload, choose_plan, prior_costs
-from .plan import Plan, plan_record, read_plan_record, stale_reason
+from .plan import Plan, plan_record, read_plan_record, serial_plan, stale_reason
 from .sampling import Sampler
 from .store import PlanStore
 from .system import SystemInfo, current_system
@@ -176,13 +176,8 @@ def make_plan(
 
     key = key_for(tbucket)
     if exhausted:
-        done = len(sampler.items)
-        plan = Plan(
-            "serial",
-            1,
-            1,
-            1.0,
-            f"serial: all {done} item(s) were evaluated while measuring",
+        plan = serial_plan(
+            f"serial: all {len(sampler.items)} item(s) were evaluated while measuring",
             start_method=system.start_method,
         )
         return Planned(plan, sampler, source, None, key)
@@ -204,13 +199,8 @@ def make_plan(
         exhausted = sampler.run(source, max_items=SAMPLE_MAX_ITEMS - len(sampler.items), budget_s=budget)
     sample = sampler.summary()
     if exhausted:
-        done = len(sampler.items)
-        plan = Plan(
-            "serial",
-            1,
-            1,
-            1.0,
-            f"serial: all {done} item(s) were evaluated while measuring",
+        plan = serial_plan(
+            f"serial: all {len(sampler.items)} item(s) were evaluated while measuring",
             start_method=system.start_method,
         )
         return Planned(plan, sampler, source, False, key)

@@ -69,6 +69,7 @@ def main() -> None:
     print(f"autopar demo (plan cache: {get_cache_dir()})\n")
     docs = make_docs(2_000, 2_000)
     score.cache_clear()  # start from no stored plan, to show the miss and then the hit
+    shout.cache_clear()
 
     print("1) score() on 2,000 documents")
     plain = score.__wrapped__  # the undecorated function: the honest baseline
