@@ -25,6 +25,7 @@ from .errors import (
     CacheWarning,
     NotIterableError,
     RemoteTraceback,
+    TaskTimeoutError,
     UnpicklableError,
     WorkerCrashedError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "NotIterableError",
     "Plan",
     "RemoteTraceback",
+    "TaskTimeoutError",
     "UnpicklableError",
     "WorkerCrashedError",
     "__version__",

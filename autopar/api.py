@@ -44,7 +44,7 @@ def optimize(
                 options,
                 get_store(),
                 profile=profile,
-                sendable=func,
+                ship_problem=func._ship_problem,
             )
             return dataclasses.replace(planned.plan, data=items)
         return func.plan(data)

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import operator
+import pickle
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
@@ -19,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, 
 from .backends import ProcessBackend, SerialBackend
 from .errors import NotIterableError, UnpicklableError
 from .plan import Plan, serial_plan
-from .planner import DEFAULT_TTL_S, Options, Planned, make_plan, pickle_problem, plan_prefix
+from .planner import DEFAULT_TTL_S, Options, Planned, make_plan, plan_prefix
+from .serialization import ShippedFunction
 from .store import get_store
-from .system import default_start_method, in_worker
+from .system import default_start_method, in_worker, usable_cpus
 from .workload import function_identity
 
 __all__ = ["AutoParallel", "CacheInfo", "auto_parallel"]
@@ -113,6 +115,7 @@ class AutoParallel(Generic[P, R]):
         self._hits = 0
         self._misses = 0
         self._identity: tuple[str, str] | None = None
+        self._ship: tuple[Callable[[Any], Any] | None, str | None] | None = None
 
     # -- behaving like the function ------------------------------------------------------
 
@@ -156,7 +159,9 @@ class AutoParallel(Generic[P, R]):
         options = self._options
         if not use_cache:
             options = Options(options.max_workers, options.start_method, False, options.ttl)
-        planned = make_plan(self.__wrapped__, name, digest, source, n_items, options, get_store(), sendable=self)
+        planned = make_plan(
+            self.__wrapped__, name, digest, source, n_items, options, get_store(), ship_problem=self._ship_problem
+        )
         self._count(planned.hit)
         return planned
 
@@ -187,12 +192,43 @@ class AutoParallel(Generic[P, R]):
             return "serial", 1, 1
         return "process", plan.n_jobs, chunksize if chunksize is not None else plan.chunksize
 
-    def _ensure_picklable(self) -> None:
-        problem = pickle_problem(self)
-        if problem is not None:
+    def _shipping(self) -> tuple[Callable[[Any], Any] | None, str | None]:
+        """What to send workers: this wrapper by reference when it is importable by
+        name, else the raw function by value (cloudpickle); or why neither works."""
+        if self._ship is None:
+            try:
+                pickle.dumps(self, pickle.HIGHEST_PROTOCOL)
+                self._ship = (self, None)
+            except Exception:  # noqa: BLE001 - not importable by name: try by value
+                try:
+                    self._ship = (ShippedFunction(self.__wrapped__), None)
+                except Exception as exc:  # noqa: BLE001
+                    self._ship = (None, f"{type(exc).__name__}: {exc}")
+        return self._ship
+
+    def _ship_problem(self) -> str | None:
+        return self._shipping()[1]
+
+    def _sendable(self) -> Callable[[Any], Any]:
+        """The object to send to workers; raises before any worker starts if none."""
+        sendable, problem = self._shipping()
+        if sendable is None:
             name = self._name_digest[0]
-            msg = f"{name} cannot be sent to worker processes ({problem}); define it at module level, or pass n_jobs=1"
+            msg = f"{name} cannot be sent to worker processes ({problem}); pass n_jobs=1 to run it here"
             raise UnpicklableError(msg)
+        return sendable
+
+    def _map_with_timeout(
+        self, items: Sequence[Any], n_jobs: int | None, chunksize: int | None, timeout: float
+    ) -> list[R]:
+        """Every item in workers, none here: an item stuck in this process could not be
+        interrupted, so the probe is skipped and Pool's default chunking is used."""
+        cap = self._options.max_workers
+        n = min(n_jobs or usable_cpus(), cap or len(items), len(items))
+        n = max(1, n)
+        size = chunksize or self._chunksize or max(1, math.ceil(len(items) / (4 * n)))
+        backend = ProcessBackend(self._start_method())
+        return backend.map(self._sendable(), items, start=0, n_jobs=n, chunksize=size, timeout=timeout)
 
     # -- the public methods -------------------------------------------------------------------
 
@@ -202,18 +238,30 @@ class AutoParallel(Generic[P, R]):
         *,
         n_jobs: int | None = None,
         chunksize: int | None = None,
+        timeout: float | None = None,
     ) -> list[R]:
         """``list(map(f, iterable))``, in parallel when the plan says it pays.
 
         Explicit ``n_jobs``/``chunksize`` override the plan; with both given (or
         ``n_jobs=1``) no planning happens at all. Each item is evaluated exactly
         once: items timed while planning keep their results.
+
+        With ``timeout`` (seconds for the whole call), every item runs in worker
+        processes, which are stopped when time runs out:
+        :class:`~autopar.TaskTimeoutError` (a ``TimeoutError``) is raised.
         """
         _check_positive("n_jobs", n_jobs)
         _check_positive("chunksize", chunksize)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        ):
+            msg = f"timeout must be a positive number of seconds or None, got {timeout!r}"
+            raise ValueError(msg)
         items = as_sequence(iterable)
         if in_worker() or n_jobs == 1 or len(items) == 0:
             return SerialBackend().map(self.__wrapped__, items)
+        if timeout is not None:
+            return self._map_with_timeout(items, n_jobs, chunksize, float(timeout))
         fixed_chunks = chunksize if chunksize is not None else self._chunksize
         if n_jobs is not None and fixed_chunks is not None:
             executor, n, size = self._resolve(_FIXED, n_jobs, fixed_chunks, len(items))
@@ -227,9 +275,8 @@ class AutoParallel(Generic[P, R]):
         if executor == "serial":
             results = SerialBackend().map(self.__wrapped__, items, start=start)
         else:
-            self._ensure_picklable()
             backend = ProcessBackend(self._start_method())
-            results = backend.map(self, items, start=start, n_jobs=n, chunksize=size)
+            results = backend.map(self._sendable(), items, start=start, n_jobs=n, chunksize=size)
         results[:0] = done  # a memmove; ``done + results`` would copy every result again
         return results
 
@@ -272,9 +319,10 @@ class AutoParallel(Generic[P, R]):
         if executor == "serial":
             yield from SerialBackend().imap(self.__wrapped__, planned.source, offset=offset)
             return
-        self._ensure_picklable()
         backend = ProcessBackend(self._start_method())
-        yield from backend.imap(self, planned.source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered)
+        yield from backend.imap(
+            self._sendable(), planned.source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered
+        )
 
     def plan(self, iterable: Iterable[Any]) -> Plan:
         """What ``map(iterable)`` would do, without running the whole map.

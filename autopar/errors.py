@@ -7,6 +7,7 @@ The tree, so callers can catch as broadly or as narrowly as they need::
           ├── UnpicklableError (+TypeError)     cannot cross a process boundary
           ├── WorkerCrashedError (+BrokenProcessPool)
           │                                     a worker died without answering
+          ├── TaskTimeoutError (+TimeoutError)  .map(timeout=...) ran out of time
           └── NotIterableError (+TypeError)     .map() got something not iterable
     UserWarning
      └── AutoparWarning
@@ -26,6 +27,7 @@ __all__ = [
     "CacheWarning",
     "NotIterableError",
     "RemoteTraceback",
+    "TaskTimeoutError",
     "UnpicklableError",
     "WorkerCrashedError",
 ]
@@ -45,6 +47,10 @@ class NotIterableError(AutoparError, TypeError):
 
 class WorkerCrashedError(AutoparError, BrokenProcessPool):
     """A worker process exited or was killed while it held unfinished items."""
+
+
+class TaskTimeoutError(AutoparError, TimeoutError):
+    """``.map(..., timeout=...)`` ran out of time; the workers were stopped."""
 
 
 class RemoteTraceback(Exception):

@@ -14,7 +14,6 @@ costs, once per machine and start method (see :mod:`autopar.calibration`).
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from .calibration import load_or_measure_costs
 from .model import STREAM_ASSUMED_ITEMS, Decision, Workload, choose_plan, prior_costs
 from .plan import Plan, plan_record, read_plan_record, serial_plan, stale_reason
 from .sampling import Sampler
+from .serialization import pickle_problem
 from .store import PlanStore
 from .system import SystemInfo, current_system
 from .workload import plan_key, size_bucket, time_bucket
@@ -34,7 +34,6 @@ __all__ = [
     "Options",
     "Planned",
     "make_plan",
-    "pickle_problem",
     "plan_prefix",
 ]
 
@@ -83,15 +82,6 @@ class Planned:
 def plan_prefix(name: str) -> str:
     """The key prefix shared by every plan of the function called ``name``."""
     return f"plan:v{CACHE_FORMAT}:{name}:"
-
-
-def pickle_problem(func: Callable[..., Any]) -> str | None:
-    """Why ``func`` cannot be pickled for a worker, or None when it can."""
-    try:
-        pickle.dumps(func, pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # noqa: BLE001 - pickle raises many types
-        return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 def _lookup(
@@ -148,12 +138,13 @@ def make_plan(
     store: PlanStore,
     *,
     profile: bool = False,
-    sendable: Callable[..., Any] | None = None,
+    ship_problem: Callable[[], str | None] | None = None,
 ) -> Planned:
     """Probe, look up, and on a miss sample, decide and store. See the module doc.
 
-    ``func`` is called here to measure; ``sendable`` (default ``func``) is what
-    would be pickled for workers, checked before a process plan is returned.
+    ``func`` is called here to measure. ``ship_problem`` says why the function
+    cannot be sent to workers (default: ``func`` fails both pickle and cloudpickle);
+    it is asked only before a process plan is returned.
     """
     t_start = time.perf_counter()
     system = current_system(options.start_method)
@@ -217,7 +208,7 @@ def make_plan(
     decision, costs = _decide(workload, system, options, store)
     executor, reason, warnings = decision.executor, decision.reason, []
     if executor == "process":
-        problem = sample.unpicklable or pickle_problem(sendable if sendable is not None else func)
+        problem = sample.unpicklable or (ship_problem() if ship_problem is not None else pickle_problem(func))
         if problem is not None:
             executor = "serial"
             reason = f"serial: parallel would pay ({decision.estimated_speedup:.2f}x) but {problem}"

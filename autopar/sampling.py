@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .notes import add_item_note
+from .serialization import dumps
 
 __all__ = ["Sample", "Sampler"]
 
@@ -159,12 +160,12 @@ class Sampler:
                 break
             t0 = time.perf_counter()
             try:
-                blob_in = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+                blob_in = dumps(item)
             except Exception as exc:  # noqa: BLE001 - any pickling failure is reported
                 problem = f"item {index} cannot be pickled: {type(exc).__name__}: {exc}"
                 break
             try:
-                blob_out = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+                blob_out = dumps(result)
             except Exception as exc:  # noqa: BLE001
                 problem = f"the result of item {index} cannot be pickled: {type(exc).__name__}: {exc}"
                 break

@@ -141,19 +141,39 @@ def test_bad_decorator_options_are_rejected() -> None:
         auto_parallel(42)  # type: ignore[call-overload]
 
 
-def test_local_function_cannot_go_to_workers_but_runs_serially() -> None:
+def test_local_functions_and_closures_run_on_workers(start_method: str) -> None:
+    offset = 1000
+
     @auto_parallel
-    def local_heavy(x: int) -> int:
+    def local_heavy(x: int) -> tuple[int, int]:
         workloads.spin(0.002)
+        return x + offset, os.getpid()
+
+    results = local_heavy.map(range(300))
+    assert [value for value, _ in results] == [x + offset for x in range(300)]
+    assert len({pid for _, pid in results} - {os.getpid()}) >= 2
+    lam = auto_parallel(lambda x: x * 7)
+    assert lam.map(range(50), n_jobs=2, chunksize=5) == [x * 7 for x in range(50)]
+
+
+def test_truly_unpicklable_function_fails_before_any_worker_starts() -> None:
+    import threading
+
+    lock = threading.Lock()
+
+    @auto_parallel
+    def holds_lock(x: int) -> int:
+        with lock:
+            workloads.spin(0.002)
         return x
 
-    with pytest.raises(UnpicklableError, match="module level"):
-        local_heavy.map(range(100), n_jobs=2)
-    plan = local_heavy.plan(range(300))
+    with pytest.raises(UnpicklableError, match=r"holds_lock cannot be sent.*lock"):
+        holds_lock.map(range(100), n_jobs=2)
+    plan = holds_lock.plan(range(300))
     assert plan.executor == "serial"
     assert plan.warnings
-    assert "pickl" in plan.warnings[0].lower()
-    assert local_heavy.map(range(300)) == list(range(300))
+    assert "lock" in plan.warnings[0]
+    assert holds_lock.map(range(300)) == list(range(300))
 
 
 def test_empty_and_single_inputs() -> None:

@@ -1,6 +1,19 @@
 """Code that runs inside worker processes: one chunk at a time, failures captured.
 
-Kept tiny and import-light: under spawn and forkserver every worker imports it.
+Kept small and import-light: under spawn and forkserver every worker imports it.
+
+Each worker, set up by :func:`init_worker`:
+
+* ignores SIGINT, so Ctrl-C reaches only the parent, which then cancels the pool;
+* records in a shared array which chunk it holds, so a crash names its items;
+* skips chunks once the shared cancel flag is set, so no queued task starts after
+  the parent gave up;
+* stops between items when its parent has died (its parent pid changes), instead
+  of computing results nobody will read.
+
+Chunks arrive pickled by the parent and results leave pickled by the worker, so a
+pickling failure on either side is reported with the items it concerns rather
+than killing one of Pool's handler threads (CPython gh-79492).
 """
 
 from __future__ import annotations
@@ -8,18 +21,53 @@ from __future__ import annotations
 import os
 import pickle
 import reprlib
-import time
+import signal
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import AutoparError
+from ..errors import AutoparError, UnpicklableError
+from ..serialization import dumps
+from ..system import mark_worker
 
-__all__ = ["ItemFailure", "echo", "pid_after", "run_chunk"]
+__all__ = [
+    "SLOT_FIELDS",
+    "ItemFailure",
+    "echo",
+    "init_worker",
+    "pid_after",
+    "run_chunk",
+]
 
 _repr = reprlib.Repr()
 _repr.maxstring = 80
 _repr.maxother = 80
+
+#: Each worker's slot in the shared array: its pid, the first item and the count
+#: of the chunk it is running (count 0 when idle). Slot 0 of the array is a counter.
+SLOT_FIELDS = 3
+
+_slots: Any = None
+_slot_base = -1
+_cancel: Any = None
+_parent_pid = -1
+
+
+def init_worker(slots: Any, cancel: Any) -> None:
+    """Pool initializer: mark the process, ignore SIGINT, claim a slot, note the parent."""
+    global _slots, _slot_base, _cancel, _parent_pid
+    mark_worker()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _cancel = cancel
+    _parent_pid = os.getppid()
+    with slots.get_lock():
+        index = slots[0]
+        slots[0] = index + 1
+    base = 1 + index * SLOT_FIELDS
+    raw = slots.get_obj()
+    if base + SLOT_FIELDS <= len(raw):
+        raw[base] = os.getpid()
+        _slots, _slot_base = raw, base
 
 
 class ItemFailure(Exception):
@@ -54,19 +102,52 @@ class ItemFailure(Exception):
         return cls(carried, index, _repr.repr(item), tb)
 
 
-def run_chunk(func: Callable[[Any], Any], start: int, items: Sequence[Any]) -> tuple[int, list[Any]]:
-    """Evaluate one chunk; ``(start, results)``, or raise :class:`ItemFailure`."""
+def _dump_results(results: list[Any], start: int) -> bytes:
+    try:
+        return dumps(results)
+    except Exception:
+        for offset, result in enumerate(results):
+            try:
+                dumps(result)
+            except Exception as exc:  # noqa: BLE001
+                msg = (
+                    f"the result of item {start + offset} cannot be sent back from the worker: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                raise UnpicklableError(msg) from None
+        raise
+
+
+def run_chunk(func: Callable[[Any], Any], start: int, blob: bytes) -> tuple[int, bytes | None]:
+    """Evaluate one pickled chunk: ``(start, pickled results)``, or raise ItemFailure.
+
+    Returns ``(start, None)`` without running anything once the pool is cancelled.
+    """
+    if _cancel is not None and _cancel.value:
+        return start, None
     func = getattr(func, "_autopar_raw", func)  # an @auto_parallel wrapper: call the raw function
+    items = pickle.loads(blob)
+    slots, base = _slots, _slot_base
+    if slots is not None:
+        slots[base + 1] = start
+        slots[base + 2] = len(items)
     results: list[Any] = []
     append = results.append
+    parent = _parent_pid
+    getppid = os.getppid
     index = start
     for item in items:
+        if getppid() != parent:  # orphaned: nobody will read the results
+            os._exit(70)
         try:
             append(func(item))
         except BaseException as exc:  # noqa: BLE001 - SystemExit too must reach the parent
             raise ItemFailure.capture(exc, index, item) from None
         index += 1
-    return start, results
+    payload = _dump_results(results, start)
+    if slots is not None:
+        slots[base + 2] = 0
+    return start, payload
 
 
 def echo(value: Any) -> Any:
@@ -76,5 +157,7 @@ def echo(value: Any) -> Any:
 
 def pid_after(seconds: float) -> int:
     """Sleep, then return this worker's pid: used to see every worker answer."""
+    import time
+
     time.sleep(seconds)
     return os.getpid()

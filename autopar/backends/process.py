@@ -1,11 +1,16 @@
 """The process backend: a real ``multiprocessing.Pool``, watched so it cannot hang.
 
-Chunks go out with ``apply_async``; completions come back through a queue. While
-waiting, the parent checks every worker's exit code, so a worker killed mid-chunk
-(which a bare Pool silently replaces, losing the chunk: CPython gh-66587) raises
-:class:`~autopar.errors.WorkerCrashedError` instead of hanging forever. On any
-error the pool is terminated at once; on success it is closed and joined, so no
-worker outlives the call.
+Chunks go out with ``apply_async``, pickled here first (so an unpicklable item is
+named before it can break Pool's task thread); completions come back through a
+queue. While waiting, the parent checks every worker's exit code and Pool's
+result thread, so a worker killed mid-chunk (which a bare Pool silently replaces,
+losing the chunk: CPython gh-66587) raises :class:`~autopar.errors.WorkerCrashedError`
+naming the items it held, instead of hanging forever.
+
+On success the pool is closed and joined. On any failure it is cancelled (workers
+skip queued chunks), terminated, and whatever survives a grace period is
+SIGKILLed, with Pool's own teardown run in a helper thread so that even a Pool
+wedged on a dead worker's lock cannot hang the caller. No worker outlives the call.
 """
 
 from __future__ import annotations
@@ -16,15 +21,18 @@ import itertools
 import logging
 import multiprocessing
 import multiprocessing.pool
+import pickle
 import queue
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from ..errors import RemoteTraceback, UnpicklableError, WorkerCrashedError
+from ..errors import RemoteTraceback, TaskTimeoutError, UnpicklableError, WorkerCrashedError
 from ..notes import add_note
-from ..system import mark_worker
-from ._worker import ItemFailure, run_chunk
+from ..serialization import dumps
+from ._worker import SLOT_FIELDS, ItemFailure, init_worker, run_chunk
 
 __all__ = ["PoolRun", "ProcessBackend"]
 
@@ -39,7 +47,10 @@ STREAM_CHUNKS_PER_WORKER = 4
 #: Results held for ordered streams beyond those in flight, per worker, before
 #: the parent stops reading ahead and waits for the slow chunk.
 STREAM_BUFFER_PER_WORKER = 16
-
+#: After a failure, workers get this long to exit on SIGTERM before SIGKILL.
+TERMINATE_GRACE_S = 1.0
+#: And Pool's own teardown gets this long after SIGKILL before it is abandoned.
+TEARDOWN_WAIT_S = 2.0
 
 # Raised by a Pool worker whose result cannot be pickled (missing from typeshed).
 _MaybeEncodingError: type[Exception] = getattr(multiprocessing.pool, "MaybeEncodingError")  # noqa: B009
@@ -60,30 +71,54 @@ def _span(start: int, count: int) -> str:
     return f"item {start}" if count == 1 else f"items {start}..{start + count - 1}"
 
 
+def _pickle_chunk(chunk: Sequence[Any], start: int) -> bytes:
+    """Pickle a chunk here, naming the first item that cannot be sent."""
+    try:
+        return dumps(list(chunk))
+    except Exception:
+        for offset, item in enumerate(chunk):
+            try:
+                dumps(item)
+            except Exception as exc:
+                msg = f"item {start + offset} cannot be sent to a worker: {type(exc).__name__}: {exc}"
+                raise UnpicklableError(msg) from exc
+        raise
+
+
 class PoolRun:
     """One pool for one call: submit chunks, receive them, detect dead workers."""
 
-    def __init__(self, ctx: Any, n_jobs: int) -> None:
-        self.pool: multiprocessing.pool.Pool = ctx.Pool(n_jobs, initializer=mark_worker)
+    def __init__(self, ctx: Any, n_jobs: int, *, deadline: float | None = None) -> None:
+        # Room for every worker the Pool may start, replacements included.
+        self._slots = ctx.Array("q", 1 + SLOT_FIELDS * (4 * n_jobs + 8))
+        self._cancel = ctx.Value("b", 0, lock=False)
+        self.pool: multiprocessing.pool.Pool = ctx.Pool(
+            n_jobs, initializer=init_worker, initargs=(self._slots, self._cancel)
+        )
         # Private, but the only way to see a dead worker: Pool replaces it silently.
         self.workers: list[Any] = list(self.pool._pool)
         self.done: queue.SimpleQueue[tuple[int, bool, Any]] = queue.SimpleQueue()
         self.pending: dict[int, int] = {}
+        self.deadline = deadline
         self._closed = False
 
     # -- sending and receiving ---------------------------------------------------------
 
     def submit(self, func: Callable[[Any], Any], start: int, chunk: Sequence[Any]) -> None:
         """Send one chunk (its first item's index is ``start``)."""
-        self.pending[start] = len(chunk)
+        self.submit_blob(func, start, _pickle_chunk(chunk, start), len(chunk))
+
+    def submit_blob(self, func: Callable[[Any], Any], start: int, blob: bytes, count: int) -> None:
+        """Send one chunk already pickled by :func:`_pickle_chunk`."""
+        self.pending[start] = count
         self.pool.apply_async(
             run_chunk,
-            (func, start, chunk),
+            (func, start, blob),
             callback=self._succeeded,
             error_callback=functools.partial(self._failed, start),
         )
 
-    def _succeeded(self, result: tuple[int, list[Any]]) -> None:
+    def _succeeded(self, result: tuple[int, bytes | None]) -> None:
         self.done.put((result[0], True, result[1]))
 
     def _failed(self, start: int, exc: BaseException) -> None:
@@ -92,26 +127,48 @@ class PoolRun:
     def receive(self) -> tuple[int, list[Any]]:
         """The next finished chunk as ``(start, results)``; raises its failure."""
         while True:
+            timeout = POLL_S
+            if self.deadline is not None:
+                timeout = min(timeout, max(0.0, self.deadline - time.monotonic()))
             try:
-                start, ok, payload = self.done.get(timeout=POLL_S)
+                start, ok, payload = self.done.get(timeout=timeout)
             except queue.Empty:
-                self._check_workers()
+                self._check()
                 continue
             count = self.pending.pop(start, 0)
-            if ok:
-                return start, payload
-            raise self._translate(payload, start, count)
+            if not ok:
+                raise self._translate(payload, start, count)
+            try:
+                return start, pickle.loads(payload)
+            except Exception as exc:
+                msg = f"the results of {_span(start, count)} cannot be unpickled here: {type(exc).__name__}: {exc}"
+                raise UnpicklableError(msg) from exc
 
-    def _check_workers(self) -> None:
+    def _held(self, pid: int | None) -> str:
+        raw = self._slots.get_obj()
+        for base in range(1, len(raw) - SLOT_FIELDS + 1, SLOT_FIELDS):
+            if raw[base] == pid and raw[base + 2] > 0:
+                return f"it held {_span(raw[base + 1], raw[base + 2])}"
+        return "it held no chunk"
+
+    def _check(self) -> None:
+        """Raise if a worker died, Pool's result thread died, or time ran out."""
         for process in self.workers:
             code = process.exitcode
             if code is not None:
-                spans = ", ".join(_span(s, c) for s, c in sorted(self.pending.items())[:5])
                 msg = (
-                    f"worker pid {process.pid} {_describe_exit(code)} while {len(self.pending)} "
-                    f"chunk(s) were unfinished ({spans}); their results are lost"
+                    f"worker pid {process.pid} {_describe_exit(code)}; {self._held(process.pid)}, "
+                    f"and {len(self.pending)} chunk(s) were unfinished"
                 )
                 raise WorkerCrashedError(msg)
+        handler = getattr(self.pool, "_result_handler", None)
+        if handler is not None and not handler.is_alive():
+            msg = "multiprocessing's result thread died; results in flight are lost"
+            raise WorkerCrashedError(msg)
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            spans = ", ".join(_span(s, c) for s, c in sorted(self.pending.items())[:5])
+            msg = f"timed out with {len(self.pending)} chunk(s) unfinished ({spans})"
+            raise TaskTimeoutError(msg)
 
     @staticmethod
     def _translate(exc: BaseException, start: int, count: int) -> BaseException:
@@ -121,13 +178,12 @@ class PoolRun:
             original.__cause__ = RemoteTraceback(exc.tb)
             add_note(original, f"autopar: raised while processing item {exc.index}: {exc.item_repr}")
             return original
+        if isinstance(exc, UnpicklableError):
+            return exc
         if isinstance(exc, _MaybeEncodingError):
             msg = f"a result of {_span(start, count)} cannot be sent back from the worker: {exc.args[0]}"
-            err: BaseException = UnpicklableError(msg)
-            err.__cause__ = exc
-            return err
-        # The task itself failed to pickle in the parent's task-handler thread.
-        msg = f"{_span(start, count)} cannot be sent to a worker: {type(exc).__name__}: {exc}"
+        else:
+            msg = f"{_span(start, count)} could not be run in a worker: {type(exc).__name__}: {exc}"
         err = UnpicklableError(msg)
         err.__cause__ = exc
         return err
@@ -135,15 +191,27 @@ class PoolRun:
     # -- shutting down -----------------------------------------------------------------
 
     def close(self, *, abort: bool) -> None:
-        """Join the workers after success; terminate them at once after a failure."""
+        """Join the workers after success; cancel, terminate, then kill after a failure."""
         if self._closed:
             return
         self._closed = True
-        if abort:
-            self.pool.terminate()
-        else:
+        if not abort:
             self.pool.close()
-        self.pool.join()
+            self.pool.join()
+            return
+        self._cancel.value = 1
+        everyone = {id(p): p for p in [*self.workers, *getattr(self.pool, "_pool", [])]}.values()
+        teardown = threading.Thread(target=self.pool.terminate, name="autopar-terminate", daemon=True)
+        teardown.start()
+        teardown.join(TERMINATE_GRACE_S)
+        for process in everyone:
+            if process.exitcode is None:
+                process.kill()
+        for process in everyone:
+            process.join(TEARDOWN_WAIT_S)
+        teardown.join(TEARDOWN_WAIT_S)
+        if teardown.is_alive():
+            logger.debug("autopar: multiprocessing's teardown is wedged; workers were killed")
 
 
 def _chunks(items: Sequence[Any], start: int, chunksize: int) -> Iterator[tuple[int, Sequence[Any]]]:
@@ -170,9 +238,9 @@ class ProcessBackend:
         self.start_method = start_method
         self._ctx = multiprocessing.get_context(start_method)
 
-    def open(self, n_jobs: int) -> PoolRun:
+    def open(self, n_jobs: int, *, deadline: float | None = None) -> PoolRun:
         """Start ``n_jobs`` workers (callers must ``close`` the run)."""
-        return PoolRun(self._ctx, n_jobs)
+        return PoolRun(self._ctx, n_jobs, deadline=deadline)
 
     def map(
         self,
@@ -182,16 +250,22 @@ class ProcessBackend:
         start: int,
         n_jobs: int,
         chunksize: int,
+        timeout: float | None = None,
     ) -> list[Any]:
         """Results of ``func`` on ``items[start:]``, in order."""
         total = len(items) - start
         if total <= 0:
             return []
+        chunks = _chunks(items, start, chunksize)
+        first_start, first_chunk = next(chunks)
+        first_blob = _pickle_chunk(first_chunk, first_start)  # fail before any worker starts
+        deadline = None if timeout is None else time.monotonic() + timeout
         results: list[Any] = [None] * total
-        run = self.open(n_jobs)
+        run = self.open(n_jobs, deadline=deadline)
         abort = True
         try:
-            for first, chunk in _chunks(items, start, chunksize):
+            run.submit_blob(func, first_start, first_blob, len(first_chunk))
+            for first, chunk in chunks:
                 run.submit(func, first, chunk)
             while run.pending:
                 first, values = run.receive()
@@ -210,9 +284,11 @@ class ProcessBackend:
         n_jobs: int,
         chunksize: int,
         ordered: bool,
+        timeout: float | None = None,
     ) -> Iterator[Any]:
         """Stream results, reading ``source`` only a few chunks ahead of the workers."""
-        return self._imap(func, _stream_chunks(source, offset, chunksize), n_jobs, ordered)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._imap(func, _stream_chunks(source, offset, chunksize), n_jobs, ordered, deadline)
 
     def _imap(
         self,
@@ -220,6 +296,7 @@ class ProcessBackend:
         chunks: Iterable[tuple[int, Sequence[Any]]],
         n_jobs: int,
         ordered: bool,
+        deadline: float | None,
     ) -> Iterator[Any]:
         in_flight_cap = n_jobs * STREAM_CHUNKS_PER_WORKER
         held_cap = in_flight_cap + n_jobs * STREAM_BUFFER_PER_WORKER
@@ -227,7 +304,7 @@ class ProcessBackend:
         held: dict[int, list[Any]] = {}
         order: collections.deque[int] = collections.deque()  # starts, in submission order
         exhausted = False
-        run = self.open(n_jobs)
+        run = self.open(n_jobs, deadline=deadline)
         abort = True
         try:
             while True:
