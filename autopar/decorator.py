@@ -311,18 +311,21 @@ class AutoParallel(Generic[P, R]):
         if in_worker() or n_jobs == 1:
             yield from SerialBackend().imap(self.__wrapped__, source)
             return
-        planned = self._plan(source, n_items)
-        yield from planned.sampler.results
-        offset = len(planned.sampler.items)
-        remaining = None if n_items is None else n_items - offset
-        executor, n, size = self._resolve(planned.plan, n_jobs, chunksize, remaining)
+        fixed_chunks = chunksize if chunksize is not None else self._chunksize
+        offset = 0
+        if n_jobs is not None and fixed_chunks is not None:  # nothing to plan, as in map()
+            executor, n, size = self._resolve(_FIXED, n_jobs, fixed_chunks, n_items)
+        else:
+            planned = self._plan(source, n_items)
+            yield from planned.sampler.results
+            offset = len(planned.sampler.items)
+            remaining = None if n_items is None else n_items - offset
+            executor, n, size = self._resolve(planned.plan, n_jobs, chunksize, remaining)
         if executor == "serial":
-            yield from SerialBackend().imap(self.__wrapped__, planned.source, offset=offset)
+            yield from SerialBackend().imap(self.__wrapped__, source, offset=offset)
             return
         backend = ProcessBackend(self._start_method())
-        yield from backend.imap(
-            self._sendable(), planned.source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered
-        )
+        yield from backend.imap(self._sendable(), source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered)
 
     def plan(self, iterable: Iterable[Any]) -> Plan:
         """What ``map(iterable)`` would do, without running the whole map.

@@ -7,6 +7,7 @@ because it is cheap and changes under us (``taskset``, ``os.sched_setaffinity``)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -144,3 +145,37 @@ def mark_worker() -> None:
 def in_worker() -> bool:
     """True inside an autopar worker, where ``.map`` must run serially (no nested pools)."""
     return _in_worker
+
+
+def _forget_parents_forkserver() -> None:
+    """In a child made by ``os.fork()``: start a forkserver of its own when needed.
+
+    The child inherits its parent's forkserver handle, and multiprocessing checks
+    that server with ``os.waitpid`` on a process that is not the child's own, which
+    raises ChildProcessError: any forkserver pool in a forked child would fail. The
+    child closes its copy of the server's "alive" pipe, so the parent's server still
+    exits with the parent.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    alive = server._forkserver_alive_fd
+    if alive is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive)
+    server._forkserver_alive_fd = None
+    server._forkserver_address = None
+    server._forkserver_pid = None
+    server._lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _forget_parents_forkserver()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

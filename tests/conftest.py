@@ -19,6 +19,11 @@ START_METHODS = ("fork", "forkserver", "spawn")
 _INFRASTRUCTURE = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 
 
+def worker_children() -> list[psutil.Process]:
+    """Live child processes of this test run, multiprocessing's infrastructure excluded."""
+    return _leftover_children()
+
+
 def _leftover_children() -> list[psutil.Process]:
     found = []
     for child in psutil.Process().children(recursive=True):
