@@ -68,6 +68,10 @@ class UnsafeRowError(ValueError):
     """A row in the store is not plain text: tampered, or written by something else."""
 
 
+class UnsafeStoreError(ValueError):
+    """The store's Settings table holds rows autopar did not write."""
+
+
 def _disk_class() -> Any:
     import diskcache
 
@@ -127,6 +131,44 @@ def _is_corruption(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
 
+#: Settings autopar opens the cache with; diskcache stores them in its Settings
+#: table and re-applies that table on every open.
+_SETTINGS = {"statistics": 0, "tag_index": 0, "eviction_policy": "least-recently-stored"}
+
+
+def _settings_problem(db: Path) -> str | None:
+    """Read the Settings table (read-only) and say what in it was not written by us.
+
+    diskcache applies stored settings before any check of ours could run: a
+    ``sqlite_*`` row becomes a PRAGMA and a ``disk_*`` row an attribute of the Disk.
+    A table with unknown keys or values other than the ones autopar writes is
+    refused, so nothing from it is applied.
+    """
+    import sqlite3
+
+    import diskcache.core
+
+    if not db.exists() or db.stat().st_size == 0:
+        return None
+    expected: dict[str, Any] = {**diskcache.core.DEFAULT_SETTINGS, **_SETTINGS}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=STORE_TIMEOUT_S)
+    try:
+        rows = con.execute("SELECT key, value FROM Settings").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    finally:
+        con.close()
+    for key, value in rows:
+        if key in diskcache.core.METADATA:
+            if type(value) is not int:
+                return f"tampered Settings row {key!r}"
+        elif key not in expected or value != expected[key]:
+            return f"unexpected Settings row {key!r} = {value!r}"
+    return None
+
+
 def _check_directory(directory: Path) -> str | None:
     """Create the directory 0700, or say why an existing one is unsafe to use."""
     try:
@@ -162,6 +204,7 @@ class PlanStore:
         self._open_result: list[Any] = []
         self._failed = False
         self._warned = False
+        self._waited = False
 
     # -- opening ---------------------------------------------------------------------
 
@@ -188,14 +231,10 @@ class PlanStore:
             if not db.exists():
                 fd = os.open(db, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
                 os.close(fd)
-            cache = diskcache.Cache(
-                str(self.directory),
-                timeout=STORE_TIMEOUT_S,
-                disk=_disk_class(),
-                statistics=0,
-                tag_index=0,
-                eviction_policy="least-recently-stored",
-            )
+            problem = _settings_problem(db)
+            if problem is not None:
+                raise UnsafeStoreError(problem)
+            cache = diskcache.Cache(str(self.directory), timeout=STORE_TIMEOUT_S, disk=_disk_class(), **_SETTINGS)
             self._open_result.append(cache)
         except BaseException as exc:  # noqa: BLE001 - reported through _fail
             self._open_result.append(exc)
@@ -235,9 +274,11 @@ class PlanStore:
                         return None
                     self._opener = threading.Thread(target=self._open_in_thread, name="autopar-store-open", daemon=True)
                     self._opener.start()
-                self._opener.join(OPEN_DEADLINE_S)
+                # Wait for the open once; later calls only look whether it finished.
+                self._opener.join(0.0 if self._waited else OPEN_DEADLINE_S)
+                self._waited = True
                 if not self._open_result:
-                    logger.debug("autopar: plan cache still opening; using memory meanwhile")
+                    self._fail("the database is locked or slow to open; using memory until it opens")
                     return None
                 result = self._open_result[0]
                 if not isinstance(result, BaseException):
@@ -249,6 +290,7 @@ class PlanStore:
                     if self._set_aside_corrupt():
                         self._open_result.clear()
                         self._opener = None
+                        self._waited = False  # the fresh database gets its own deadline
                         continue
                 self._failed = True
                 self._fail(f"{type(result).__name__}: {result}")
