@@ -100,6 +100,7 @@ class PoolRun:
         self.done: queue.SimpleQueue[tuple[int, bool, Any]] = queue.SimpleQueue()
         self.pending: dict[int, int] = {}
         self.deadline = deadline
+        self._next_check = time.monotonic() + POLL_S
         self._closed = False
 
     # -- sending and receiving ---------------------------------------------------------
@@ -125,15 +126,23 @@ class PoolRun:
         self.done.put((start, False, exc))
 
     def receive(self) -> tuple[int, list[Any]]:
-        """The next finished chunk as ``(start, results)``; raises its failure."""
+        """The next finished chunk as ``(start, results)``; raises its failure.
+
+        Workers are checked every POLL_S on the clock, not only when results stop
+        coming: the other workers keep results flowing after one dies, and waiting
+        for silence would report the crash only at the end of the whole map.
+        """
         while True:
-            timeout = POLL_S
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + POLL_S
+                self._check()
+            timeout = max(0.0, self._next_check - now)
             if self.deadline is not None:
-                timeout = min(timeout, max(0.0, self.deadline - time.monotonic()))
+                timeout = min(timeout, max(0.0, self.deadline - now))
             try:
                 start, ok, payload = self.done.get(timeout=timeout)
             except queue.Empty:
-                self._check()
                 continue
             count = self.pending.pop(start, 0)
             if not ok:
