@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autopar import WorkerCrashedError, auto_parallel  # noqa: E402
+from autopar import WorkerCrashedError, auto_parallel
 
 # A fixed path: spawn and forkserver workers re-import this module, so a random
 # name would differ between the parent and the workers.
