@@ -199,7 +199,7 @@ def _gen_raising(n: int) -> Iterator[int]:
 
 
 @pytest.mark.parametrize("func", [workloads.heavy_plain, workloads.add_one], ids=["heavy", "tiny"])
-def test_edge_inputs_match_the_serial_loop(func: Any) -> None:
+def test_edge_inputs_match_the_serial_loop(start_method: str, func: Any) -> None:
     raw = func.__wrapped__
     assert func.map([]) == []
     assert func.map([4]) == [raw(4)]
@@ -210,12 +210,12 @@ def test_edge_inputs_match_the_serial_loop(func: Any) -> None:
     assert type(ours.value) is type(serial.value)
 
 
-def test_two_hundred_megabyte_payloads() -> None:
+def test_two_hundred_megabyte_payloads(start_method: str) -> None:
     blobs = [bytes(200 * 1024 * 1024), b"small"]
     assert faulty.payload_size.map(blobs, **RUN) == [200 * 1024 * 1024, 5]
 
 
-def test_crash_while_a_large_result_is_in_flight_never_deadlocks() -> None:
+def test_crash_while_a_large_result_is_in_flight_never_deadlocks(start_method: str) -> None:
     t0 = time.monotonic()
     try:
         results = faulty.big_result.map(range(faulty.TARGET + 2), **RUN)
