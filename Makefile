@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench-overhead clean
+.PHONY: demo test test-all lint bench bench-overhead clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check autopar tests benchmarks examples
 	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(BIN)/python benchmarks/compare.py
 
 bench-overhead: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py

@@ -29,6 +29,7 @@ from .errors import (
     UnpicklableError,
     WorkerCrashedError,
 )
+from .explain import Explanation, explain
 from .plan import Plan
 from .store import get_cache_dir
 
@@ -38,6 +39,7 @@ __all__ = [
     "AutoparWarning",
     "CacheInfo",
     "CacheWarning",
+    "Explanation",
     "NotIterableError",
     "Plan",
     "RemoteTraceback",
@@ -47,6 +49,7 @@ __all__ = [
     "__version__",
     "auto_parallel",
     "clear_cache",
+    "explain",
     "get_cache_dir",
     "optimize",
     "prune_expired_cache",

@@ -13,6 +13,7 @@ import functools
 import math
 import operator
 import pickle
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
@@ -20,7 +21,11 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, 
 from .backends import ProcessBackend, SerialBackend
 from .errors import NotIterableError, UnpicklableError
 from .plan import Plan, serial_plan
+
+if TYPE_CHECKING:
+    from .explain import Explanation
 from .planner import DEFAULT_TTL_S, Options, Planned, make_plan, plan_prefix
+from .progress import make_progress
 from .serialization import ShippedFunction
 from .store import get_store
 from .system import default_start_method, in_worker, usable_cpus
@@ -76,11 +81,21 @@ def _iterate(iterable: Iterable[Any]) -> Iterator[Any]:
         raise NotIterableError(msg) from None
 
 
+def _defined_interactively(func: Callable[..., Any]) -> bool:
+    """True for a function from a REPL, a notebook or ``python -c``: pickle sends it by
+    name, but spawn and forkserver workers (the default on Python 3.14) have no
+    ``__main__`` file to import it from, so it must travel by value."""
+    if getattr(func, "__module__", None) != "__main__":
+        return False
+    return getattr(sys.modules.get("__main__"), "__file__", None) is None
+
+
 class AutoParallel(Generic[P, R]):
     """A function that still calls as itself, plus ``map``/``imap``/``plan``/``cache_info``."""
 
     __wrapped__: Callable[P, R]
     __qualname__: str
+    __name__: str
 
     def __init__(
         self,
@@ -197,6 +212,8 @@ class AutoParallel(Generic[P, R]):
         name, else the raw function by value (cloudpickle); or why neither works."""
         if self._ship is None:
             try:
+                if _defined_interactively(self.__wrapped__):
+                    raise pickle.PicklingError("defined in an interactive __main__")
                 pickle.dumps(self, pickle.HIGHEST_PROTOCOL)
                 self._ship = (self, None)
             except Exception:  # noqa: BLE001 - not importable by name: try by value
@@ -219,7 +236,12 @@ class AutoParallel(Generic[P, R]):
         return sendable
 
     def _map_with_timeout(
-        self, items: Sequence[Any], n_jobs: int | None, chunksize: int | None, timeout: float
+        self,
+        items: Sequence[Any],
+        n_jobs: int | None,
+        chunksize: int | None,
+        timeout: float,
+        tick: Callable[[int], None] | None,
     ) -> list[R]:
         """Every item in workers, none here: an item stuck in this process could not be
         interrupted, so the probe is skipped and Pool's default chunking is used."""
@@ -228,7 +250,7 @@ class AutoParallel(Generic[P, R]):
         n = max(1, n)
         size = chunksize or self._chunksize or max(1, math.ceil(len(items) / (4 * n)))
         backend = ProcessBackend(self._start_method())
-        return backend.map(self._sendable(), items, start=0, n_jobs=n, chunksize=size, timeout=timeout)
+        return backend.map(self._sendable(), items, start=0, n_jobs=n, chunksize=size, timeout=timeout, progress=tick)
 
     # -- the public methods -------------------------------------------------------------------
 
@@ -239,6 +261,7 @@ class AutoParallel(Generic[P, R]):
         n_jobs: int | None = None,
         chunksize: int | None = None,
         timeout: float | None = None,
+        progress: bool = False,
     ) -> list[R]:
         """``list(map(f, iterable))``, in parallel when the plan says it pays.
 
@@ -249,6 +272,7 @@ class AutoParallel(Generic[P, R]):
         With ``timeout`` (seconds for the whole call), every item runs in worker
         processes, which are stopped when time runs out:
         :class:`~autopar.TaskTimeoutError` (a ``TimeoutError``) is raised.
+        ``progress=True`` draws a bar on stderr counting finished items.
         """
         _check_positive("n_jobs", n_jobs)
         _check_positive("chunksize", chunksize)
@@ -258,25 +282,42 @@ class AutoParallel(Generic[P, R]):
             msg = f"timeout must be a positive number of seconds or None, got {timeout!r}"
             raise ValueError(msg)
         items = as_sequence(iterable)
+        bar = make_progress(len(items), self.__name__) if progress else None
+        tick = bar.update if bar is not None else None
+        try:
+            return self._map(items, n_jobs, chunksize, timeout, tick)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _map(
+        self,
+        items: Sequence[Any],
+        n_jobs: int | None,
+        chunksize: int | None,
+        timeout: float | None,
+        tick: Callable[[int], None] | None,
+    ) -> list[R]:
         if in_worker() or n_jobs == 1 or len(items) == 0:
-            return SerialBackend().map(self.__wrapped__, items)
+            return SerialBackend().map(self.__wrapped__, items, progress=tick)
         if timeout is not None:
-            return self._map_with_timeout(items, n_jobs, chunksize, float(timeout))
+            return self._map_with_timeout(items, n_jobs, chunksize, float(timeout), tick)
         fixed_chunks = chunksize if chunksize is not None else self._chunksize
         if n_jobs is not None and fixed_chunks is not None:
             executor, n, size = self._resolve(_FIXED, n_jobs, fixed_chunks, len(items))
             done: list[Any] = []
-            start = 0
         else:
             planned = self._plan(iter(items), len(items))
-            executor, n, size = self._resolve(planned.plan, n_jobs, chunksize, len(items) - len(planned.sampler.items))
             done = planned.sampler.results
-            start = len(planned.sampler.items)
+            executor, n, size = self._resolve(planned.plan, n_jobs, chunksize, len(items) - len(done))
+            if tick is not None:
+                tick(len(done))
+        start = len(done)
         if executor == "serial":
-            results = SerialBackend().map(self.__wrapped__, items, start=start)
+            results = SerialBackend().map(self.__wrapped__, items, start=start, progress=tick)
         else:
             backend = ProcessBackend(self._start_method())
-            results = backend.map(self._sendable(), items, start=start, n_jobs=n, chunksize=size)
+            results = backend.map(self._sendable(), items, start=start, n_jobs=n, chunksize=size, progress=tick)
         results[:0] = done  # a memmove; ``done + results`` would copy every result again
         return results
 
@@ -287,6 +328,7 @@ class AutoParallel(Generic[P, R]):
         ordered: bool = True,
         n_jobs: int | None = None,
         chunksize: int | None = None,
+        progress: bool = False,
     ) -> Iterator[R]:
         """Stream results for large or endless inputs, planned the same way as ``map``.
 
@@ -298,7 +340,23 @@ class AutoParallel(Generic[P, R]):
         source = _iterate(iterable)
         hint = len(iterable) if isinstance(iterable, Sequence) else operator.length_hint(iterable, 0)
         n_items = hint if hint or isinstance(iterable, Sequence) else None
-        return self._imap(source, n_items, ordered, n_jobs, chunksize)
+        if not progress:
+            return self._imap(source, n_items, ordered, n_jobs, chunksize, None)
+        return self._imap_with_bar(source, n_items, ordered, n_jobs, chunksize)
+
+    def _imap_with_bar(
+        self,
+        source: Iterator[Any],
+        n_items: int | None,
+        ordered: bool,
+        n_jobs: int | None,
+        chunksize: int | None,
+    ) -> Iterator[R]:
+        bar = make_progress(n_items, self.__name__)
+        try:
+            yield from self._imap(source, n_items, ordered, n_jobs, chunksize, bar.update)
+        finally:
+            bar.close()
 
     def _imap(
         self,
@@ -307,9 +365,10 @@ class AutoParallel(Generic[P, R]):
         ordered: bool,
         n_jobs: int | None,
         chunksize: int | None,
+        tick: Callable[[int], None] | None,
     ) -> Iterator[R]:
         if in_worker() or n_jobs == 1:
-            yield from SerialBackend().imap(self.__wrapped__, source)
+            yield from SerialBackend().imap(self.__wrapped__, source, progress=tick)
             return
         fixed_chunks = chunksize if chunksize is not None else self._chunksize
         offset = 0
@@ -317,15 +376,19 @@ class AutoParallel(Generic[P, R]):
             executor, n, size = self._resolve(_FIXED, n_jobs, fixed_chunks, n_items)
         else:
             planned = self._plan(source, n_items)
+            if tick is not None:
+                tick(len(planned.sampler.results))
             yield from planned.sampler.results
             offset = len(planned.sampler.items)
             remaining = None if n_items is None else n_items - offset
             executor, n, size = self._resolve(planned.plan, n_jobs, chunksize, remaining)
         if executor == "serial":
-            yield from SerialBackend().imap(self.__wrapped__, source, offset=offset)
+            yield from SerialBackend().imap(self.__wrapped__, source, offset=offset, progress=tick)
             return
         backend = ProcessBackend(self._start_method())
-        yield from backend.imap(self._sendable(), source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered)
+        yield from backend.imap(
+            self._sendable(), source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered, progress=tick
+        )
 
     def plan(self, iterable: Iterable[Any]) -> Plan:
         """What ``map(iterable)`` would do, without running the whole map.
@@ -338,6 +401,16 @@ class AutoParallel(Generic[P, R]):
             return serial_plan(_IN_WORKER, data=items)
         planned = self._plan(iter(items), len(items))
         return dataclasses.replace(planned.plan, data=items)
+
+    def explain(self, iterable: Iterable[Any], *, run: bool = False) -> Explanation:
+        """A readable report of what ``map`` would decide and why (measured afresh).
+
+        With ``run=True`` the whole workload also runs once per worker count, and the
+        report adds measured wall time, busy time per worker and predicted vs actual.
+        """
+        from .explain import explain
+
+        return explain(self, iterable, run=run)
 
     def cache_info(self) -> CacheInfo:
         """Hits and misses of this function's plan lookups here, and plans on disk."""

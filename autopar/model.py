@@ -128,6 +128,9 @@ class Decision:
     serial_s: float
     reason: str
     candidates: tuple[Candidate, ...] = ()
+    """The best chunk size for each worker count weighed."""
+    considered: tuple[Candidate, ...] = ()
+    """Every (workers, chunk size) pair weighed, for reports."""
 
     @property
     def estimated_speedup(self) -> float:
@@ -220,7 +223,9 @@ def choose_plan(
         limit = min(limit, max(1, n_items))
 
     def serial(reason: str, candidates: tuple[Candidate, ...] = ()) -> Decision:
-        return Decision("serial", 1, 1, serial_s, serial_s, reason, candidates)
+        return Decision("serial", 1, 1, serial_s, serial_s, reason, candidates, tuple(considered))
+
+    considered: list[Candidate] = []
 
     if n_items is not None and n_items <= 1:
         return serial(f"serial: {n_items} item(s), nothing to split")
@@ -231,8 +236,9 @@ def choose_plan(
     best_per_n: list[Candidate] = []
     for n_jobs in range(2, limit + 1):
         best: Candidate | None = None
-        for chunksize in set(_chunk_candidates(n_items, n_jobs, t)):
+        for chunksize in sorted(set(_chunk_candidates(n_items, n_jobs, t))):
             predicted = predict_parallel(w, costs, n_jobs, chunksize, usable_cpus)
+            considered.append(Candidate(n_jobs, chunksize, predicted))
             if (
                 best is None
                 or predicted < best.predicted_s
@@ -264,4 +270,5 @@ def choose_plan(
         f"{choice.n_jobs} workers, chunks of {choice.chunksize}: predicted {speedup:.2f}x "
         f"faster than the serial loop ({_fmt_s(choice.predicted_s)} vs {_fmt_s(serial_s)})",
         candidates,
+        tuple(considered),
     )

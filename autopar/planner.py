@@ -257,6 +257,8 @@ def make_plan(
             "predicted_s": decision.predicted_s,
             "serial_s": decision.serial_s,
             "candidates": [asdict(c) for c in decision.candidates],
+            "considered": [asdict(c) for c in decision.considered],
+            "estimated_speedup": decision.estimated_speedup,
             "system": asdict(system),
         }
     plan = Plan(

@@ -44,7 +44,11 @@ _DB_NAME = "cache.db"
 
 def get_cache_dir() -> Path:
     """Where plans are stored: ``$AUTOPAR_CACHE_DIR``, else ``$XDG_CACHE_HOME/autopar``
-    (absolute values only, as the XDG spec says), else ``~/.cache/autopar``."""
+    (absolute values only, as the XDG spec says), else ``~/.cache/autopar``.
+
+    >>> get_cache_dir().name
+    'autopar-cache'
+    """
     env = os.environ
     inputs = (env.get("AUTOPAR_CACHE_DIR"), env.get("XDG_CACHE_HOME"), env.get("HOME"))
     found = _dir_memo.get(inputs)

@@ -22,6 +22,7 @@ import os
 import pickle
 import reprlib
 import signal
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -118,13 +119,20 @@ def _dump_results(results: list[Any], start: int) -> bytes:
         raise
 
 
-def run_chunk(func: Callable[[Any], Any], start: int, blob: bytes) -> tuple[int, bytes | None]:
-    """Evaluate one pickled chunk: ``(start, pickled results)``, or raise ItemFailure.
+ChunkResult = tuple[int, "bytes | None", int, float]
 
-    Returns ``(start, None)`` without running anything once the pool is cancelled.
+
+def run_chunk(func: Callable[[Any], Any], start: int, blob: bytes) -> ChunkResult:
+    """Evaluate one pickled chunk, or raise ItemFailure.
+
+    Returns ``(start, pickled results, pid, busy seconds)``; the pid and busy time
+    let reports show how evenly the work spread. Returns ``(start, None, pid, 0)``
+    without running anything once the pool is cancelled.
     """
+    pid = os.getpid()
     if _cancel is not None and _cancel.value:
-        return start, None
+        return start, None, pid, 0.0
+    began = time.perf_counter()
     func = getattr(func, "_autopar_raw", func)  # an @auto_parallel wrapper: call the raw function
     items = pickle.loads(blob)
     slots, base = _slots, _slot_base
@@ -147,7 +155,7 @@ def run_chunk(func: Callable[[Any], Any], start: int, blob: bytes) -> tuple[int,
     payload = _dump_results(results, start)
     if slots is not None:
         slots[base + 2] = 0
-    return start, payload
+    return start, payload, pid, time.perf_counter() - began
 
 
 def echo(value: Any) -> Any:
@@ -157,7 +165,5 @@ def echo(value: Any) -> Any:
 
 def pid_after(seconds: float) -> int:
     """Sleep, then return this worker's pid: used to see every worker answer."""
-    import time
-
     time.sleep(seconds)
     return os.getpid()

@@ -99,6 +99,8 @@ class PoolRun:
         self.workers: list[Any] = list(self.pool._pool)
         self.done: queue.SimpleQueue[tuple[int, bool, Any]] = queue.SimpleQueue()
         self.pending: dict[int, int] = {}
+        #: Seconds each worker (by pid) spent computing, for reports.
+        self.busy: dict[int, float] = {}
         self.deadline = deadline
         self._next_check = time.monotonic() + POLL_S
         self._closed = False
@@ -119,8 +121,10 @@ class PoolRun:
             error_callback=functools.partial(self._failed, start),
         )
 
-    def _succeeded(self, result: tuple[int, bytes | None]) -> None:
-        self.done.put((result[0], True, result[1]))
+    def _succeeded(self, result: tuple[int, bytes | None, int, float]) -> None:
+        start, payload, pid, busy = result
+        self.busy[pid] = self.busy.get(pid, 0.0) + busy
+        self.done.put((start, True, payload))
 
     def _failed(self, start: int, exc: BaseException) -> None:
         self.done.put((start, False, exc))
@@ -260,8 +264,14 @@ class ProcessBackend:
         n_jobs: int,
         chunksize: int,
         timeout: float | None = None,
+        progress: Callable[[int], None] | None = None,
+        busy: dict[int, float] | None = None,
     ) -> list[Any]:
-        """Results of ``func`` on ``items[start:]``, in order."""
+        """Results of ``func`` on ``items[start:]``, in order.
+
+        ``progress`` is called with the number of items in each finished chunk;
+        ``busy``, when given, receives each worker's computing seconds by pid.
+        """
         total = len(items) - start
         if total <= 0:
             return []
@@ -279,9 +289,13 @@ class ProcessBackend:
             while run.pending:
                 first, values = run.receive()
                 results[first - start : first - start + len(values)] = values
+                if progress is not None:
+                    progress(len(values))
             abort = False
         finally:
             run.close(abort=abort)
+            if busy is not None:
+                busy.update(run.busy)
         return results
 
     def imap(
@@ -294,10 +308,11 @@ class ProcessBackend:
         chunksize: int,
         ordered: bool,
         timeout: float | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Iterator[Any]:
         """Stream results, reading ``source`` only a few chunks ahead of the workers."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._imap(func, _stream_chunks(source, offset, chunksize), n_jobs, ordered, deadline)
+        return self._imap(func, _stream_chunks(source, offset, chunksize), n_jobs, ordered, deadline, progress)
 
     def _imap(
         self,
@@ -306,6 +321,7 @@ class ProcessBackend:
         n_jobs: int,
         ordered: bool,
         deadline: float | None,
+        progress: Callable[[int], None] | None,
     ) -> Iterator[Any]:
         in_flight_cap = n_jobs * STREAM_CHUNKS_PER_WORKER
         held_cap = in_flight_cap + n_jobs * STREAM_BUFFER_PER_WORKER
@@ -329,6 +345,8 @@ class ProcessBackend:
                     break
                 if run.pending:
                     first, values = run.receive()
+                    if progress is not None:
+                        progress(len(values))
                     if not ordered:
                         yield from values
                         continue

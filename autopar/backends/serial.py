@@ -24,6 +24,7 @@ class SerialBackend:
         start: int = 0,
         n_jobs: int = 1,
         chunksize: int = 1,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Any]:
         """``[func(x) for x in items[start:]]``, with the failing index noted.
 
@@ -33,6 +34,8 @@ class SerialBackend:
         iterator's position, which its ``__reduce__`` reports, names the failing
         item at no per-item cost.
         """
+        if progress is not None:
+            return list(self.imap(func, itertools.islice(items, start, None), offset=start, progress=progress))
         iterator = iter(items)
         positioned = isinstance(items, (list, tuple, range))
         if positioned:
@@ -58,6 +61,7 @@ class SerialBackend:
         n_jobs: int = 1,
         chunksize: int = 1,
         ordered: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> Iterator[Any]:
         """Yield ``func(x)`` for each remaining item of ``source``."""
         index = offset
@@ -67,5 +71,7 @@ class SerialBackend:
             except BaseException as exc:
                 add_item_note(exc, index, item)
                 raise
+            if progress is not None:
+                progress(1)
             yield result
             index += 1

@@ -6,9 +6,15 @@ import sqlite3
 import sys
 import time
 
-db, seconds = sys.argv[1], float(sys.argv[2])
-con = sqlite3.connect(db, timeout=5, isolation_level=None)
-con.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-time.sleep(seconds)
-con.execute("ROLLBACK")
+
+def main() -> None:
+    db, seconds = sys.argv[1], float(sys.argv[2])
+    con = sqlite3.connect(db, timeout=5, isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    print("locked", flush=True)
+    time.sleep(seconds)
+    con.execute("ROLLBACK")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Why autopar decided what it decided, and, after real runs, how right it was.
+
+:func:`explain` measures afresh (the plan cache is neither read nor written) and
+returns an :class:`Explanation`, whose ``str()`` is a readable report: the
+measurements, the machine's costs, the predicted time of every configuration
+weighed, the choice and its reason. With ``run=True`` it also runs the whole
+workload once per worker count (1 = the serial loop), so the report adds wall
+time, per-worker busy time, the overhead share and predicted against actual;
+``Explanation.plot(path)`` draws predicted against measured speedup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends import ProcessBackend, SerialBackend
+from .plan import Plan
+from .planner import Options, make_plan
+from .serialization import ShippedFunction, pickle_problem
+from .store import get_store
+from .system import default_start_method, usable_cpus
+from .workload import function_identity
+
+__all__ = ["Explanation", "RunStats", "explain"]
+
+#: Rows of the candidate table shown in ``str()`` (all of them are in ``to_dict()``).
+_SHOWN_CANDIDATES = 12
+
+
+def _fmt_s(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def _fmt_b(size: float | None) -> str:
+    if size is None or size != size:  # None or NaN
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """One real run of the whole workload."""
+
+    n_jobs: int
+    chunksize: int
+    wall_s: float
+    busy_s: dict[int, float] = field(default_factory=dict)
+    """Seconds each worker (by pid) spent computing."""
+
+    @property
+    def overhead_share(self) -> float:
+        """Share of the workers' wall time not spent computing (start-up, transfer, idling)."""
+        if not self.busy_s or self.wall_s <= 0:
+            return 0.0
+        return max(0.0, 1.0 - sum(self.busy_s.values()) / (self.wall_s * self.n_jobs))
+
+
+@dataclass
+class Explanation:
+    """A report on one planning decision; ``str()`` reads well, ``to_dict()`` for machines."""
+
+    function: str
+    n_items: int
+    plan: Plan
+    profile: dict[str, Any]
+    runs: dict[int, RunStats] = field(default_factory=dict)
+    """Real runs by worker count (1 = the serial loop), when ``run=True``."""
+
+    @property
+    def serial_s(self) -> float:
+        """The serial loop's predicted time."""
+        return float(self.profile.get("serial_s", 0.0))
+
+    def predicted_speedups(self) -> dict[int, float]:
+        """Best predicted speedup for each worker count weighed (1 is the serial loop)."""
+        speedups = {1: 1.0}
+        for cand in self.profile.get("candidates", []):
+            if cand["predicted_s"] > 0:
+                speedups[cand["n_jobs"]] = self.serial_s / cand["predicted_s"]
+        return speedups
+
+    def measured_speedups(self) -> dict[int, float]:
+        """Measured speedup for each worker count run (empty without ``run=True``)."""
+        if 1 not in self.runs:
+            return {}
+        base = self.runs[1].wall_s
+        return {n: base / r.wall_s for n, r in sorted(self.runs.items()) if r.wall_s > 0}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything in the report as plain data."""
+        return {
+            "function": self.function,
+            "n_items": self.n_items,
+            "plan": {
+                "executor": self.plan.executor,
+                "n_jobs": self.plan.n_jobs,
+                "chunksize": self.plan.chunksize,
+                "estimated_speedup": self.plan.estimated_speedup,
+                "reason": self.plan.reason,
+                "warnings": list(self.plan.warnings),
+            },
+            "profile": self.profile,
+            "runs": {
+                n: {
+                    "chunksize": r.chunksize,
+                    "wall_s": r.wall_s,
+                    "busy_s": r.busy_s,
+                    "overhead_share": r.overhead_share,
+                }
+                for n, r in self.runs.items()
+            },
+            "predicted_speedups": self.predicted_speedups(),
+            "measured_speedups": self.measured_speedups(),
+        }
+
+    def __str__(self) -> str:
+        p, s, c = self.plan, self.profile["sample"], self.profile["costs"]
+        cv = "unknown" if s["cv"] is None else f"{s['cv']:.2f}"
+        method = self.profile["system"]["start_method"]
+        lines = [
+            f"autopar explain: {self.function} over {self.n_items:,} items",
+            f"measured ({s['n_timed']} items timed): {_fmt_s(s['mean_s'])} per item "
+            f"(median {_fmt_s(s['median_s'])}, spread cv {cv}), CPU {100 * s['cpu_fraction']:.0f} % of wall",
+            f"transfer per item: {_fmt_b(s['in_bytes'])} in, {_fmt_b(s['out_bytes'])} out; "
+            f"pickling {_fmt_s(s['pickle_s'])}",
+            f"machine costs ({method}, {'measured' if c['measured'] else 'built-in priors'}): worker start "
+            f"{_fmt_s(c['worker_start_s'])}, chunk round trip {_fmt_s(c['chunk_s'])}, "
+            f"{c['byte_s'] * 1e9:.2f} ns per byte",
+            f"predictions (serial loop {_fmt_s(self.serial_s)}):",
+            "  workers  chunksize    predicted   speedup",
+        ]
+        considered = sorted(self.profile.get("considered", []), key=lambda x: x["predicted_s"])
+        for cand in considered[:_SHOWN_CANDIDATES]:
+            chosen = p.executor == "process" and (cand["n_jobs"], cand["chunksize"]) == (p.n_jobs, p.chunksize)
+            speedup = self.serial_s / cand["predicted_s"] if cand["predicted_s"] > 0 else 0.0
+            lines.append(
+                f"  {cand['n_jobs']:>7}  {cand['chunksize']:>9}  {_fmt_s(cand['predicted_s']):>11}  "
+                f"{speedup:>7.2f}x{'  <- chosen' if chosen else ''}"
+            )
+        if len(considered) > _SHOWN_CANDIDATES:
+            lines.append(f"  ... {len(considered) - _SHOWN_CANDIDATES} more in to_dict()")
+        choice = "serial" if p.executor == "serial" else f"{p.n_jobs} workers, chunks of {p.chunksize}"
+        lines += [f"decision: {choice}", f"why: {p.reason}"]
+        for warning in p.warnings:
+            lines.append(f"warning: {warning}")
+        if self.runs:
+            chosen_n = p.n_jobs if p.executor == "process" else 1
+            run = self.runs.get(chosen_n)
+            lines.append("after real runs:")
+            if run is not None:
+                predicted = self.profile["predicted_s"]
+                off = 100.0 * (run.wall_s - predicted) / predicted if predicted > 0 else 0.0
+                lines.append(f"  chosen plan: wall {_fmt_s(run.wall_s)} (predicted {_fmt_s(predicted)}, {off:+.0f} %)")
+                if run.busy_s:
+                    busy = ", ".join(f"pid {pid} {_fmt_s(b)}" for pid, b in sorted(run.busy_s.items()))
+                    lines.append(f"  worker busy time: {busy}; overhead share {100 * run.overhead_share:.1f} %")
+            measured = self.measured_speedups()
+            predicted_by_n = self.predicted_speedups()
+            lines.append(
+                "  speedup by workers (measured / predicted): "
+                + ", ".join(f"{n}: {m:.2f}x / {predicted_by_n.get(n, float('nan')):.2f}x" for n, m in measured.items())
+            )
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Draw predicted (line) and measured (points) speedup against worker count to a PNG."""
+        try:
+            import matplotlib
+        except ImportError:
+            msg = "plotting needs matplotlib: pip install 'autopar[plot]'"
+            raise ImportError(msg) from None
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        predicted = sorted(self.predicted_speedups().items())
+        measured = sorted(self.measured_speedups().items())
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        ax.plot([n for n, _ in predicted], [s for _, s in predicted], "o-", label="predicted (best chunk size)")
+        if measured:
+            ax.plot([n for n, _ in measured], [s for _, s in measured], "s", markersize=9, label="measured")
+        top = max(n for n, _ in predicted)
+        ax.plot([1, top], [1, top], ":", color="grey", label="ideal")
+        ax.set_xlabel("worker processes")
+        ax.set_ylabel("speedup over the serial loop")
+        ax.set_xticks(range(1, top + 1))
+        ax.set_title(f"{self.function}: {self.n_items:,} items")
+        ax.legend()
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
+
+
+def _timed_run(func: Callable[[Any], Any], send: Callable[[Any], Any], items: list[Any], n: int, c: int) -> RunStats:
+    if n == 1:
+        t0 = time.perf_counter()
+        SerialBackend().map(func, items)
+        wall = time.perf_counter() - t0
+        return RunStats(1, 1, wall, {os.getpid(): wall})
+    busy: dict[int, float] = {}
+    t0 = time.perf_counter()
+    ProcessBackend(default_start_method()).map(send, items, start=0, n_jobs=n, chunksize=c, busy=busy)
+    return RunStats(n, c, time.perf_counter() - t0, busy)
+
+
+def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = False) -> Explanation:
+    """Measure ``func`` on ``items`` and report the decision (see the module doc).
+
+    >>> report = explain(abs, range(-2000, 2000))
+    >>> report.plan.executor
+    'serial'
+    """
+    from .decorator import AutoParallel, as_sequence
+
+    data = list(as_sequence(items))
+    if isinstance(func, AutoParallel):
+        raw: Callable[[Any], Any] = func.__wrapped__
+        send: Callable[[Any], Any] | None = func._shipping()[0]
+        options = Options(func._options.max_workers, func._options.start_method, False, func._options.ttl)
+    else:
+        raw, options = func, Options(use_cache=False)
+        send = func if pickle_problem(func) is None else None
+        if send is not None and not _importable(func):
+            send = ShippedFunction(func)
+    name, digest = function_identity(raw)
+    planned = make_plan(raw, name, digest, iter(data), len(data), options, get_store(), profile=True)
+    plan = planned.plan
+    profile = plan.profile or {}
+    if not profile:  # every item was evaluated while measuring: nothing to weigh
+        profile = {"sample": planned.sampler.summary().to_dict(), "costs": {}, "system": {}, "serial_s": 0.0}
+    report = Explanation(name, len(data), plan, profile)
+    if run and send is not None and profile.get("candidates") is not None:
+        best_chunk = {cand["n_jobs"]: cand["chunksize"] for cand in profile["candidates"]}
+        report.runs[1] = _timed_run(raw, send, data, 1, 1)
+        for n in range(2, min(usable_cpus(), len(data)) + 1):
+            report.runs[n] = _timed_run(raw, send, data, n, best_chunk.get(n, max(1, len(data) // (4 * n))))
+    return report
+
+
+def _importable(func: Callable[[Any], Any]) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(func)
+    except Exception:  # noqa: BLE001
+        return False
+    return True

@@ -1,0 +1,106 @@
+"""``f.explain()`` / ``autopar.explain()`` reports, progress bars and logging."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import autopar
+from autopar.progress import PlainProgress
+from tests import workloads
+
+
+def test_explain_report_reads_well_and_matches_the_plan() -> None:
+    report = workloads.heavy_plain.explain(range(300))
+    text = str(report)
+    assert report.plan.executor == "process"
+    for expected in ("per item", "spread cv", "transfer per item", "machine costs", "predictions", "decision:", "why:"):
+        assert expected in text, expected
+    assert "<- chosen" in text
+    assert report.predicted_speedups()[report.plan.n_jobs] == pytest.approx(report.plan.estimated_speedup)
+    assert not report.runs
+    assert workloads.heavy_plain.cache_info().currsize == 0, "explain must not write the cache"
+
+
+def test_explain_with_real_runs_measures_every_worker_count() -> None:
+    report = workloads.heavy.explain(range(200), run=True)
+    assert set(report.runs) == set(range(1, autopar.system.usable_cpus() + 1))
+    chosen = report.runs[report.plan.n_jobs]
+    assert chosen.wall_s > 0
+    assert len(chosen.busy_s) == report.plan.n_jobs
+    assert os.getpid() not in chosen.busy_s
+    assert 0.0 <= chosen.overhead_share < 1.0
+    assert set(report.measured_speedups()) == set(report.runs)
+    text = str(report)
+    assert "after real runs" in text
+    assert "worker busy time" in text
+    assert "overhead share" in text
+
+
+def test_explain_a_plain_function_serial() -> None:
+    report = autopar.explain(abs, range(-3000, 3000))
+    assert report.plan.executor == "serial"
+    assert "decision: serial" in str(report)
+    assert report.to_dict()["plan"]["executor"] == "serial"
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    report = workloads.heavy_plain.explain(range(300), run=True)
+    out = report.plot(tmp_path / "p.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_without_matplotlib_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    report = autopar.explain(abs, range(100))
+    with pytest.raises(ImportError, match=r"pip install 'autopar\[plot\]'"):
+        report.plot(tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_plain_progress_counts_items_known_and_unknown() -> None:
+    stream = io.StringIO()
+    bar = PlainProgress(10, "f", stream=stream)
+    for _ in range(10):
+        bar.update(1)
+    bar.close()
+    assert stream.getvalue().rstrip().endswith("s")
+    assert "10/10 items (100.0 %)" in stream.getvalue()
+    stream = io.StringIO()
+    bar = PlainProgress(None, "g", stream=stream)
+    bar.update(7)
+    bar.close()
+    assert "g: 7 items" in stream.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["serial", "process"])
+def test_map_progress_counts_every_item_on_stderr(kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    func = workloads.add_one if kind == "serial" else workloads.heavy_plain
+    n = 3000 if kind == "serial" else 300
+    assert func.map(range(n), progress=True) == [func.__wrapped__(x) for x in range(n)]
+    err = capsys.readouterr().err
+    assert f"{n}/{n}" in err.replace(",", ""), err[-300:]
+
+
+def test_imap_progress_with_a_generator_of_unknown_length(capsys: pytest.CaptureFixture[str]) -> None:
+    results = list(workloads.heavy_plain.imap((x for x in range(200)), progress=True))
+    assert results == [3 * x for x in range(200)]
+    err = capsys.readouterr().err.replace(",", "")
+    assert "200" in err
+    assert "it" in err  # tqdm's or the plain counter's unit
+
+
+def test_decisions_and_cache_events_are_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="autopar")
+    workloads.heavy_plain.map(range(300))
+    workloads.heavy_plain.map(range(300))
+    messages = [r.getMessage() for r in caplog.records if r.name == "autopar"]
+    assert any("planned" in m for m in messages)
+    assert any("plan cache hit" in m for m in messages)
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "autopar")
