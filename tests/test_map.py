@@ -156,6 +156,34 @@ def test_local_functions_and_closures_run_on_workers(start_method: str) -> None:
     assert lam.map(range(50), n_jobs=2, chunksize=5) == [x * 7 for x in range(50)]
 
 
+INTERACTIVE = """
+import multiprocessing, os, sys
+multiprocessing.set_start_method(sys.argv[1])
+from autopar import auto_parallel
+
+@auto_parallel
+def triple(x):
+    return x * 3, os.getpid()
+
+out = triple.map(range(40), n_jobs=2, chunksize=5)
+assert [v for v, _ in out] == [x * 3 for x in range(40)], out
+print(len({pid for _, pid in out} - {os.getpid()}))
+"""
+
+
+def test_function_defined_in_an_interactive_main_runs_on_workers(start_method: str, tmp_path: Path) -> None:
+    """``python -c``, a REPL or a notebook: no ``__main__`` file for spawn/forkserver to import."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AUTOPAR_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", INTERACTIVE, start_method], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) >= 1, "ran on worker processes"
+
+
 def test_truly_unpicklable_function_fails_before_any_worker_starts() -> None:
     import threading
 
