@@ -28,6 +28,7 @@ __all__ = [
     "Workload",
     "choose_plan",
     "predict_parallel",
+    "worker_limit",
     "prior_costs",
 ]
 
@@ -56,6 +57,14 @@ STREAM_CHUNK_S = 0.05
 MAX_CHUNK_S = 0.2
 #: Length assumed for a stream of unknown length when weighing start-up costs.
 STREAM_ASSUMED_ITEMS = 10_000
+#: Items whose CPU time is below this share of their wall time mostly wait (disk,
+#: network, sleep): more workers than cores then overlap the waits.
+IO_BOUND_CPU_FRACTION = 0.5
+#: For such items, weigh up to this many workers per usable CPU...
+IO_WORKERS_PER_CPU = 4
+#: ...and never more than this many in all, unless ``max_workers`` says otherwise:
+#: each worker is a whole process (memory, start time, file descriptors).
+MAX_IO_WORKERS = 32
 #: Among worker counts predicted within this fraction of the best time, the
 #: smallest wins: it leaves cores free for the rest of the machine at no real cost.
 NEAR_BEST = 0.03
@@ -199,6 +208,19 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} us"
 
 
+def worker_limit(usable_cpus: int, max_workers: int | None, *, io_bound: bool) -> int:
+    """Most workers a plan may use: the usable CPUs, more for waiting work.
+
+    ``max_workers``, when given, is the limit for waiting work and caps CPU work.
+    """
+    cpus = max(1, usable_cpus)
+    if io_bound:
+        if max_workers is not None:
+            return max(1, max_workers)
+        return max(cpus, min(MAX_IO_WORKERS, IO_WORKERS_PER_CPU * cpus))
+    return cpus if max_workers is None else max(1, min(cpus, max_workers))
+
+
 def choose_plan(
     w: Workload,
     costs: Costs,
@@ -208,17 +230,17 @@ def choose_plan(
 ) -> Decision:
     """The best plan the model can find: serial, or worker count and chunk size.
 
-    Guarantees, property-tested: ``1 <= n_jobs <= min(usable_cpus, max_workers,
-    n_items)``, ``chunksize >= 1``, and serial whenever the whole serial run is
-    shorter than starting two workers.
+    Guarantees, property-tested: ``1 <= n_jobs <= min(worker_limit(...), n_items)``
+    (the usable CPUs for CPU work, more for waiting work), ``chunksize >= 1``, and
+    serial whenever the whole serial run is shorter than starting two workers.
     """
     n_items = w.n_items
     t = _finite(w.item_s)
     effective_n = n_items if n_items is not None else STREAM_ASSUMED_ITEMS
     serial_s = effective_n * t
-    limit = max(1, usable_cpus)
-    if max_workers is not None:
-        limit = min(limit, max(1, max_workers))
+    cpu_fraction = min(1.0, _finite(w.cpu_fraction, 1.0))
+    io_bound = cpu_fraction < IO_BOUND_CPU_FRACTION
+    limit = worker_limit(usable_cpus, max_workers, io_bound=io_bound)
     if n_items is not None:
         limit = min(limit, max(1, n_items))
 
@@ -261,6 +283,12 @@ def choose_plan(
             f"below the {MIN_SPEEDUP}x needed",
             candidates,
         )
+    waits = ""
+    if choice.n_jobs > usable_cpus:
+        waits = (
+            f"; I/O-bound (CPU {cpu_fraction:.0%} of wall time), so {choice.n_jobs} workers "
+            f"on {max(1, usable_cpus)} CPUs overlap the waits"
+        )
     return Decision(
         "process",
         choice.n_jobs,
@@ -268,7 +296,7 @@ def choose_plan(
         choice.predicted_s,
         serial_s,
         f"{choice.n_jobs} workers, chunks of {choice.chunksize}: predicted {speedup:.2f}x "
-        f"faster than the serial loop ({_fmt_s(choice.predicted_s)} vs {_fmt_s(serial_s)})",
+        f"faster than the serial loop ({_fmt_s(choice.predicted_s)} vs {_fmt_s(serial_s)}){waits}",
         candidates,
         tuple(considered),
     )

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ._version import CACHE_FORMAT
-from .model import Costs
+from .model import IO_BOUND_CPU_FRACTION, Costs, worker_limit
 from .system import SystemInfo
 
 __all__ = [
@@ -214,12 +214,16 @@ def _read_plan_record(text: str, *, usable_cpus: int, max_workers: int | None) -
         return None
     if not isinstance(warnings, list) or not all(isinstance(x, str) for x in warnings):
         return None
-    cap = max(1, usable_cpus if max_workers is None else min(usable_cpus, max_workers))
-    n_jobs = min(max(n_jobs, 1), cap)
+    workload = obj.get("workload")
+    if not isinstance(workload, dict):
+        workload = {}
+    # Only work recorded as waiting (I/O-bound) may have more workers than CPUs.
+    cpu_fraction = _number(workload.get("cpu_fraction"))
+    waits = cpu_fraction is not None and cpu_fraction < IO_BOUND_CPU_FRACTION
+    n_jobs = min(max(n_jobs, 1), worker_limit(usable_cpus, max_workers, io_bound=waits))
     chunksize = min(max(chunksize, 1), MAX_CHUNKSIZE)
     if n_jobs == 1:
         executor = "serial"
-    workload = obj.get("workload")
     function = _text(obj.get("function")) or "?"
     return PlanRecord(
         executor="process" if executor == "process" else "serial",
@@ -231,7 +235,7 @@ def _read_plan_record(text: str, *, usable_cpus: int, max_workers: int | None) -
         system=obj["system"],
         created=float(obj["created"]),
         function=function,
-        workload=workload if isinstance(workload, dict) else {},
+        workload=workload,
     )
 
 

@@ -8,12 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autopar.model import (
+    IO_BOUND_CPU_FRACTION,
     MIN_SPEEDUP,
     Costs,
     Workload,
     choose_plan,
     predict_parallel,
     prior_costs,
+    worker_limit,
 )
 from tests import strategies as s
 
@@ -23,7 +25,10 @@ from tests import strategies as s
 def test_plan_respects_items_cpus_and_caps(w: Workload, c: Costs, cpus: int, cap: int | None) -> None:
     d = choose_plan(w, c, usable_cpus=cpus, max_workers=cap)
     assert d.chunksize >= 1
-    assert 1 <= d.n_jobs <= cpus
+    waits = min(1.0, w.cpu_fraction) < IO_BOUND_CPU_FRACTION
+    assert 1 <= d.n_jobs <= worker_limit(cpus, cap, io_bound=waits)
+    if not waits:
+        assert d.n_jobs <= cpus, "CPU work never gets more workers than CPUs"
     if cap is not None:
         assert d.n_jobs <= cap
     if w.n_items is not None:
@@ -105,3 +110,26 @@ def test_huge_known_length_still_bounds_chunk_work() -> None:
     d = choose_plan(Workload(n_items=10**9, item_s=0.002, cv=0.1), prior_costs("fork"), usable_cpus=2)
     assert d.executor == "process"
     assert d.chunksize * 0.002 <= 0.2 + 1e-9
+
+
+def test_waiting_work_gets_more_workers_than_cpus_and_says_why() -> None:
+    sleepy = Workload(n_items=200, item_s=0.005, cv=0.05, cpu_fraction=0.02)
+    d = choose_plan(sleepy, prior_costs("fork"), usable_cpus=2)
+    assert d.executor == "process"
+    assert 2 < d.n_jobs <= worker_limit(2, None, io_bound=True) == 8
+    assert "I/O-bound" in d.reason
+    cheap_start = dataclasses.replace(prior_costs("fork"), worker_start_s=1e-3)
+    assert choose_plan(sleepy, cheap_start, usable_cpus=2, max_workers=16).n_jobs > 8, "max_workers raises it"
+    assert choose_plan(sleepy, prior_costs("fork"), usable_cpus=2, max_workers=3).n_jobs == 3
+    busy = dataclasses.replace(sleepy, cpu_fraction=1.0)
+    d = choose_plan(busy, prior_costs("fork"), usable_cpus=2)
+    assert d.n_jobs == 2
+    assert "I/O-bound" not in d.reason
+
+
+@given(st.floats(min_value=0.0, max_value=1.0), s.cpus)
+def test_more_waiting_never_means_fewer_workers(cpu_fraction: float, cpus: int) -> None:
+    w = Workload(n_items=10_000, item_s=0.01, cv=0.1, cpu_fraction=cpu_fraction)
+    lower = dataclasses.replace(w, cpu_fraction=cpu_fraction / 2)
+    c = prior_costs("fork")
+    assert choose_plan(lower, c, usable_cpus=cpus).n_jobs >= choose_plan(w, c, usable_cpus=cpus).n_jobs

@@ -8,7 +8,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autopar.model import Costs
+from autopar.model import Costs, worker_limit
 from autopar.plan import (
     MAX_CHUNKSIZE,
     costs_record,
@@ -58,7 +58,7 @@ def test_counts_are_clamped(system: SystemInfo, n_jobs: int, chunksize: int) -> 
     text = json.dumps(_record(system, n_jobs=n_jobs, chunksize=chunksize))
     rec = read_plan_record(text, usable_cpus=system.usable_cpus, max_workers=None)
     assert rec is not None
-    assert 1 <= rec.n_jobs <= system.usable_cpus
+    assert 1 <= rec.n_jobs <= system.usable_cpus, "CPU work: never more workers than CPUs"
     assert 1 <= rec.chunksize <= MAX_CHUNKSIZE
     if rec.n_jobs == 1:
         assert rec.executor == "serial"
@@ -131,3 +131,13 @@ def test_memory_tolerance_is_twenty_percent(system: SystemInfo, factor: float) -
     elif drift < 0.2 - 1e-6:
         assert why is None
     assert stale_reason(stored, NOW, current, now=NOW, ttl=10, check_memory=False) is None
+
+
+@given(s.cpus, st.integers(min_value=1, max_value=10**9), st.floats(min_value=0.0, max_value=1.0))
+def test_only_waiting_work_may_exceed_the_cpus(cpus: int, n_jobs: int, cpu_fraction: float) -> None:
+    system = SystemInfo(cpus, "fork", 2**33, "3.11.7", "0.1.0", 1)
+    record = _record(system, n_jobs=n_jobs, chunksize=10)
+    record["workload"] = {"cpu_fraction": cpu_fraction}
+    rec = read_plan_record(json.dumps(record), usable_cpus=cpus, max_workers=None)
+    assert rec is not None
+    assert rec.n_jobs <= worker_limit(cpus, None, io_bound=cpu_fraction < 0.5)
