@@ -18,6 +18,7 @@ cost model and stores the decision. The work then runs serially or on a real
 
 from ._version import __version__
 from .api import clear_cache, optimize, prune_expired_cache
+from .backends.process import shutdown
 from .decorator import AutoParallel, CacheInfo, auto_parallel
 from .errors import (
     AutoparError,
@@ -53,4 +54,5 @@ __all__ = [
     "get_cache_dir",
     "optimize",
     "prune_expired_cache",
+    "shutdown",
 ]

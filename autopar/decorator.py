@@ -249,7 +249,7 @@ class AutoParallel(Generic[P, R]):
         n = min(n_jobs or usable_cpus(), cap or len(items), len(items))
         n = max(1, n)
         size = chunksize or self._chunksize or max(1, math.ceil(len(items) / (4 * n)))
-        backend = ProcessBackend(self._start_method())
+        backend = ProcessBackend(self._start_method(), reuse=True)
         return backend.map(self._sendable(), items, start=0, n_jobs=n, chunksize=size, timeout=timeout, progress=tick)
 
     # -- the public methods -------------------------------------------------------------------
@@ -316,7 +316,7 @@ class AutoParallel(Generic[P, R]):
         if executor == "serial":
             results = SerialBackend().map(self.__wrapped__, items, start=start, progress=tick)
         else:
-            backend = ProcessBackend(self._start_method())
+            backend = ProcessBackend(self._start_method(), reuse=True)
             results = backend.map(self._sendable(), items, start=start, n_jobs=n, chunksize=size, progress=tick)
         results[:0] = done  # a memmove; ``done + results`` would copy every result again
         return results
@@ -385,7 +385,7 @@ class AutoParallel(Generic[P, R]):
         if executor == "serial":
             yield from SerialBackend().imap(self.__wrapped__, source, offset=offset, progress=tick)
             return
-        backend = ProcessBackend(self._start_method())
+        backend = ProcessBackend(self._start_method(), reuse=True)
         yield from backend.imap(
             self._sendable(), source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered, progress=tick
         )

@@ -41,8 +41,15 @@ def _leftover_children() -> list[psutil.Process]:
 
 @pytest.fixture(autouse=True)
 def no_child_left_behind() -> Iterator[None]:
-    """Fail any test that leaves a worker process running (after a 5 s grace)."""
+    """Fail any test that leaves a worker process running (after a 5 s grace).
+
+    Pools autopar keeps warm between calls are shut first: they are meant to live
+    until idle or exit, not beyond the test that made them.
+    """
     yield
+    import autopar
+
+    autopar.shutdown()
     deadline = time.monotonic() + 5.0
     left = _leftover_children()
     while left and time.monotonic() < deadline:

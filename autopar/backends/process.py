@@ -7,34 +7,39 @@ result thread, so a worker killed mid-chunk (which a bare Pool silently replaces
 losing the chunk: CPython gh-66587) raises :class:`~autopar.errors.WorkerCrashedError`
 naming the items it held, instead of hanging forever.
 
-On success the pool is closed and joined. On any failure it is cancelled (workers
-skip queued chunks), terminated, and whatever survives a grace period is
-SIGKILLed, with Pool's own teardown run in a helper thread so that even a Pool
-wedged on a dead worker's lock cannot hang the caller. No worker outlives the call.
+On success the pool is kept **warm** for the next call with the same worker count
+(see :class:`WarmPools`): starting workers costs 5-10 ms each under fork and more
+under spawn, which a loop of short ``.map`` calls would otherwise pay every time.
+On any failure it is cancelled (workers skip queued chunks), terminated, and
+whatever survives a grace period is SIGKILLed, with Pool's own teardown run in a
+helper thread so that even a Pool wedged on a dead worker's lock cannot hang the
+caller. A failed pool is never reused.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import itertools
 import logging
 import multiprocessing
 import multiprocessing.pool
+import os
 import pickle
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import RemoteTraceback, TaskTimeoutError, UnpicklableError, WorkerCrashedError
 from ..notes import add_note
 from ..serialization import dumps
 from ._worker import SLOT_FIELDS, ItemFailure, init_worker, run_chunk
 
-__all__ = ["PoolRun", "ProcessBackend"]
+__all__ = ["POOL_IDLE_TIMEOUT_S", "PoolRun", "ProcessBackend", "WarmPools", "shutdown"]
 
 logger = logging.getLogger("autopar")
 
@@ -47,6 +52,9 @@ STREAM_CHUNKS_PER_WORKER = 4
 #: Results held for ordered streams beyond those in flight, per worker, before
 #: the parent stops reading ahead and waits for the slow chunk.
 STREAM_BUFFER_PER_WORKER = 16
+#: A warm pool left unused this long is shut down: idle workers hold memory, and a
+#: program between bursts of work should not keep processes it may never use again.
+POOL_IDLE_TIMEOUT_S = 30.0
 #: After a failure, workers get this long to exit on SIGTERM before SIGKILL.
 TERMINATE_GRACE_S = 1.0
 #: And Pool's own teardown gets this long after SIGKILL before it is abandoned.
@@ -102,8 +110,32 @@ class PoolRun:
         #: Seconds each worker (by pid) spent computing, for reports.
         self.busy: dict[int, float] = {}
         self.deadline = deadline
+        self.n_jobs = n_jobs
+        self.start_method: str = ctx.get_start_method()
+        self.owner_pid = os.getpid()
+        #: Calls served by this pool, for tests and reports (1 on the first call).
+        self.calls = 1
         self._next_check = time.monotonic() + POLL_S
         self._closed = False
+        self._reusable = False
+
+    def healthy(self) -> bool:
+        """Every original worker alive, nothing in flight: safe to serve another call."""
+        return (
+            not self._closed
+            and not self.pending
+            and self.done.empty()
+            and os.getpid() == self.owner_pid
+            and list(getattr(self.pool, "_pool", ())) == self.workers
+            and all(p.exitcode is None for p in self.workers)
+        )
+
+    def reset(self, deadline: float | None) -> None:
+        """Start a new call on this (healthy, idle) pool."""
+        self.deadline = deadline
+        self.busy = {}
+        self.calls += 1
+        self._next_check = time.monotonic() + POLL_S
 
     # -- sending and receiving ---------------------------------------------------------
 
@@ -204,8 +236,12 @@ class PoolRun:
     # -- shutting down -----------------------------------------------------------------
 
     def close(self, *, abort: bool) -> None:
-        """Join the workers after success; cancel, terminate, then kill after a failure."""
+        """After success, keep the pool warm (if reusable) or join it; after a failure,
+        cancel, terminate, then kill."""
         if self._closed:
+            return
+        if not abort and self._reusable and self.healthy():
+            WarmPools.release(self)
             return
         self._closed = True
         if not abort:
@@ -247,13 +283,24 @@ class ProcessBackend:
 
     name = "process"
 
-    def __init__(self, start_method: str) -> None:
+    def __init__(self, start_method: str, *, reuse: bool = False) -> None:
         self.start_method = start_method
+        self.reuse = reuse
         self._ctx = multiprocessing.get_context(start_method)
 
     def open(self, n_jobs: int, *, deadline: float | None = None) -> PoolRun:
-        """Start ``n_jobs`` workers (callers must ``close`` the run)."""
-        return PoolRun(self._ctx, n_jobs, deadline=deadline)
+        """``n_jobs`` workers: a warm pool when ``reuse`` and one fits, else new ones.
+
+        Callers must ``close`` the run; with ``reuse`` a healthy pool then stays warm.
+        """
+        if self.reuse:
+            run = WarmPools.acquire(self.start_method, n_jobs)
+            if run is not None:
+                run.reset(deadline)
+                return run
+        run = PoolRun(self._ctx, n_jobs, deadline=deadline)
+        run._reusable = self.reuse
+        return run
 
     def map(
         self,
@@ -356,3 +403,127 @@ class ProcessBackend:
             abort = False
         finally:
             run.close(abort=abort)
+
+
+class WarmPools:
+    """At most one idle pool per start method, kept for the next compatible call.
+
+    A pool is taken out while a call uses it, so two threads never share one. It is
+    shut down after :data:`POOL_IDLE_TIMEOUT_S` unused, at interpreter exit, or by
+    :func:`shutdown`. A child made by ``os.fork()`` forgets its parent's pools
+    without touching them: they belong to the parent.
+    """
+
+    _lock = threading.Lock()
+    _idle: ClassVar[dict[str, PoolRun]] = {}
+    _timers: ClassVar[dict[str, threading.Timer]] = {}
+    _at_exit = False
+    #: Pools inherited through os.fork(): kept referenced so that their finalizers
+    #: never run here (they would signal the parent's workers).
+    _inherited: ClassVar[list[PoolRun]] = []
+
+    @classmethod
+    def acquire(cls, start_method: str, n_jobs: int) -> PoolRun | None:
+        """The idle pool for ``start_method`` if it has ``n_jobs`` healthy workers."""
+        with cls._lock:
+            run = cls._idle.pop(start_method, None)
+            cls._cancel_timer(start_method)
+        if run is None:
+            return None
+        if run.n_jobs == n_jobs and run.healthy():
+            logger.debug("autopar: reusing a warm pool of %d %s workers", n_jobs, start_method)
+            return run
+        cls._shut(run)
+        return None
+
+    @classmethod
+    def release(cls, run: PoolRun) -> None:
+        """Keep ``run`` for the next call; an older idle pool of its kind is shut."""
+        with cls._lock:
+            older = cls._idle.pop(run.start_method, None)
+            cls._cancel_timer(run.start_method)
+            cls._idle[run.start_method] = run
+            timer = threading.Timer(POOL_IDLE_TIMEOUT_S, cls._expire, (run,))
+            timer.daemon = True
+            timer.name = "autopar-idle-pool"
+            cls._timers[run.start_method] = timer
+            if not cls._at_exit:
+                cls._at_exit = True
+                atexit.register(shutdown)
+        timer.start()
+        if older is not None:
+            cls._shut(older)
+
+    @classmethod
+    def idle(cls) -> list[PoolRun]:
+        """The pools kept warm now."""
+        with cls._lock:
+            return list(cls._idle.values())
+
+    @classmethod
+    def _cancel_timer(cls, start_method: str) -> None:
+        timer = cls._timers.pop(start_method, None)
+        if timer is not None:
+            timer.cancel()
+
+    @classmethod
+    def _expire(cls, run: PoolRun) -> None:
+        with cls._lock:
+            if cls._idle.get(run.start_method) is not run:
+                return
+            del cls._idle[run.start_method]
+            cls._timers.pop(run.start_method, None)
+        logger.debug("autopar: shutting down a pool idle for %.0f s", POOL_IDLE_TIMEOUT_S)
+        cls._shut(run)
+
+    @staticmethod
+    def _shut(run: PoolRun) -> None:
+        run._reusable = False
+        if run.owner_pid == os.getpid():
+            # A worker lost while idle may have died holding the task queue's lock:
+            # a graceful join could then wait forever, so such a pool is killed.
+            run.close(abort=not run.healthy())
+
+    @classmethod
+    def shutdown(cls) -> int:
+        """Shut every idle pool now; returns how many were shut."""
+        with cls._lock:
+            runs = list(cls._idle.values())
+            cls._idle.clear()
+            for start_method in list(cls._timers):
+                cls._cancel_timer(start_method)
+        for run in runs:
+            cls._shut(run)
+        return len(runs)
+
+    @classmethod
+    def _forget_in_child(cls) -> None:
+        """After os.fork(): the parent's pools are not ours to use or to stop."""
+        cls._lock = threading.Lock()  # the parent's may have been held mid-fork
+        children: set[Any] = getattr(multiprocessing.process, "_children", set())
+        for run in cls._idle.values():
+            run._reusable = False
+            run._closed = True
+            finalizer = getattr(run.pool, "_terminate", None)
+            if finalizer is not None:
+                finalizer.cancel()
+            # Nor are its workers our children: multiprocessing's exit hook would
+            # SIGTERM them when this process exits normally.
+            for worker in run.workers:
+                children.discard(worker)
+            cls._inherited.append(run)
+        cls._idle = {}
+        cls._timers = {}
+
+
+def shutdown() -> int:
+    """Stop the worker pools autopar keeps warm between ``.map`` calls.
+
+    They also stop on their own after :data:`POOL_IDLE_TIMEOUT_S` unused and at
+    interpreter exit; call this to free the processes sooner. Returns the number of
+    pools stopped.
+    """
+    return WarmPools.shutdown()
+
+
+os.register_at_fork(after_in_child=WarmPools._forget_in_child)
