@@ -18,6 +18,8 @@ than killing one of Pool's handler threads (CPython gh-79492).
 
 from __future__ import annotations
 
+import copyreg
+import io
 import os
 import pickle
 import reprlib
@@ -34,6 +36,7 @@ from ..system import mark_worker
 __all__ = [
     "SLOT_FIELDS",
     "ItemFailure",
+    "dumps_exception",
     "echo",
     "init_worker",
     "pid_after",
@@ -86,7 +89,9 @@ class ItemFailure(Exception):
         self.tb = tb
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ItemFailure, (self.exc, self.index, self.item_repr, self.tb))
+        # The exception travels as bytes made with the standard reducers, whatever
+        # reducers the process registered (see :func:`dumps_exception`).
+        return (_rebuild_failure, (dumps_exception(self.exc), self.index, self.item_repr, self.tb))
 
     @classmethod
     def capture(cls, exc: BaseException, index: int, item: Any) -> ItemFailure:
@@ -94,13 +99,37 @@ class ItemFailure(Exception):
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         exc.__traceback__ = None
         try:
-            pickle.loads(pickle.dumps(exc))
+            pickle.loads(dumps_exception(exc))
             carried: BaseException = exc
         except Exception:  # noqa: BLE001 - any failure to round-trip the exception
             carried = AutoparError(
                 f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} (the original exception could not be pickled)"
             )
         return cls(carried, index, _repr.repr(item), tb)
+
+
+def dumps_exception(exc: BaseException) -> bytes:
+    """Pickle an exception with Python's own reducers for exception classes.
+
+    Importing ``distributed`` registers tblib's reducer for every exception class
+    in ``copyreg``, process-wide and inherited by fork workers. It rebuilds an
+    exception without calling a C ``__init__``, so ``SystemExit.code`` or
+    ``ImportError.name`` would arrive empty; the standard reducers keep them.
+    """
+    table = {
+        cls: reducer
+        for cls, reducer in copyreg.dispatch_table.items()
+        if not (isinstance(cls, type) and issubclass(cls, BaseException))
+    }
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = table
+    pickler.dump(exc)
+    return buffer.getvalue()
+
+
+def _rebuild_failure(blob: bytes, index: int, item_repr: str, tb: str) -> ItemFailure:
+    return ItemFailure(pickle.loads(blob), index, item_repr, tb)
 
 
 def _dump_results(results: list[Any], start: int) -> bytes:

@@ -99,6 +99,20 @@ def test_base_exceptions_reach_the_caller_like_a_serial_loop(
     assert parallel.value.args == serial.value.args
 
 
+def _lossy_reduce(exc: BaseException) -> tuple[object, ...]:
+    """What tblib (registered by ``import distributed``) does: rebuild without __init__."""
+    return (BaseException.__new__, (type(exc),))
+
+
+def test_exceptions_keep_their_fields_whatever_reducers_are_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    import copyreg
+
+    monkeypatch.setitem(copyreg.dispatch_table, SystemExit, _lossy_reduce)  # inherited by fork workers
+    with pytest.raises(SystemExit) as parallel:
+        faulty.raises_base.map([(x, "exit") for x in range(30)], **RUN)
+    assert parallel.value.code == 4
+
+
 def test_unpicklable_exception_is_described_with_its_item(start_method: str) -> None:
     with pytest.raises(AutoparError, match=r"LockedError: has a lock \(the original exception could not be pickled"):
         faulty.raises_unpicklable.map(range(20), **RUN)
