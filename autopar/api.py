@@ -66,6 +66,9 @@ def optimize(
 
 def clear_cache() -> int:
     """Remove every stored plan and measurement; the number of entries removed."""
+    from .planner import forget_hints
+
+    forget_hints()
     return get_store().clear()
 
 
@@ -91,6 +94,8 @@ def prune_expired_cache(ttl_seconds: float | None = None) -> int:
         elif key.startswith("costs:"):
             parsed = read_costs_record(text)
             created = None if parsed is None else parsed[2]
+        elif key.startswith("hint:") and isinstance(text, str) and text.isdigit() and len(text) <= 2:
+            continue  # a time-bucket hint; the store expires it with its plan's TTL
         if created is None or now - created > ttl:
             removed += store.delete(key)
     return removed

@@ -112,7 +112,7 @@ def _cache_clear(args: argparse.Namespace) -> int:
         store = get_store()
         removed = store.evict(args.function)
         for key in store.list_keys():
-            if key.startswith(plan_prefix(args.function)):
+            if key.startswith((plan_prefix(args.function), "hint:" + plan_prefix(args.function))):
                 removed += store.delete(key)
     print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}")
     return 0

@@ -15,6 +15,7 @@ import operator
 import pickle
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
 
@@ -24,7 +25,7 @@ from .plan import Plan, serial_plan
 
 if TYPE_CHECKING:
     from .explain import Explanation
-from .planner import DEFAULT_TTL_S, Options, Planned, make_plan, plan_prefix
+from .planner import DEFAULT_TTL_S, LEARN_MIN_S, Options, Planned, forget_hints, learn, make_plan, plan_prefix
 from .progress import make_progress
 from .serialization import ShippedFunction
 from .store import get_store
@@ -44,13 +45,16 @@ class CacheInfo(NamedTuple):
 
     ``hits`` and ``misses`` count this function's plan lookups in this process,
     ``maxsize`` is None (the store is bounded by its TTL, not a count), and
-    ``currsize`` is the number of this function's plans stored on disk.
+    ``currsize`` is the number of this function's plans stored on disk, and
+    ``learned`` how many times this process corrected a stored plan after a run
+    disagreed with it (see :func:`autopar.planner.learn`).
     """
 
     hits: int
     misses: int
     maxsize: int | None
     currsize: int
+    learned: int = 0
 
 
 def _check_positive(name: str, value: int | None) -> None:
@@ -129,6 +133,7 @@ class AutoParallel(Generic[P, R]):
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
+        self._learned = 0
         self._identity: tuple[str, str] | None = None
         self._ship: tuple[Callable[[Any], Any] | None, str | None] | None = None
 
@@ -303,6 +308,7 @@ class AutoParallel(Generic[P, R]):
         if timeout is not None:
             return self._map_with_timeout(items, n_jobs, chunksize, float(timeout), tick)
         fixed_chunks = chunksize if chunksize is not None else self._chunksize
+        planned: Planned | None = None
         if n_jobs is not None and fixed_chunks is not None:
             executor, n, size = self._resolve(_FIXED, n_jobs, fixed_chunks, len(items))
             done: list[Any] = []
@@ -313,13 +319,30 @@ class AutoParallel(Generic[P, R]):
             if tick is not None:
                 tick(len(done))
         start = len(done)
+        busy: dict[int, float] = {}
+        began = time.perf_counter()
         if executor == "serial":
             results = SerialBackend().map(self.__wrapped__, items, start=start, progress=tick)
         else:
             backend = ProcessBackend(self._start_method(), reuse=True)
-            results = backend.map(self._sendable(), items, start=start, n_jobs=n, chunksize=size, progress=tick)
+            results = backend.map(
+                self._sendable(), items, start=start, n_jobs=n, chunksize=size, progress=tick, busy=busy
+            )
+        if planned is not None:
+            self._learn(planned, executor, len(results), time.perf_counter() - began, busy)
         results[:0] = done  # a memmove; ``done + results`` would copy every result again
         return results
+
+    def _learn(self, planned: Planned, executor: str, n_run: int, wall_s: float, busy: dict[int, float]) -> None:
+        """Let the planner correct the stored plan from this run, when it ran as planned."""
+        if executor != planned.plan.executor or (executor == "process" and not busy):
+            return  # explicit arguments overrode the plan: this run says nothing about it
+        if wall_s < LEARN_MIN_S or n_run <= 0:
+            return
+        item_s = wall_s / n_run if executor == "serial" else sum(busy.values()) / n_run
+        if learn(planned, self._name_digest[0], get_store(), n_run=n_run, wall_s=wall_s, item_s=item_s) is not None:
+            with self._lock:
+                self._learned += 1
 
     def imap(
         self,
@@ -417,7 +440,7 @@ class AutoParallel(Generic[P, R]):
         prefix = plan_prefix(self._name_digest[0])
         currsize = sum(1 for key in get_store().list_keys() if key.startswith(prefix))
         with self._lock:
-            return CacheInfo(self._hits, self._misses, None, currsize)
+            return CacheInfo(self._hits, self._misses, None, currsize, self._learned)
 
     def cache_clear(self) -> None:
         """Remove this function's stored plans and reset its counters."""
@@ -426,11 +449,13 @@ class AutoParallel(Generic[P, R]):
         store.evict(name)
         prefix = plan_prefix(name)
         for key in store.list_keys():
-            if key.startswith(prefix):
+            if key.startswith((prefix, "hint:" + prefix)):
                 store.delete(key)
+        forget_hints()
         with self._lock:
             self._hits = 0
             self._misses = 0
+            self._learned = 0
 
 
 _FIXED = serial_plan("explicit n_jobs and chunksize")

@@ -59,6 +59,8 @@ class Plan:
     start_method: str = ""
     data: Any = field(default=None, repr=False, compare=False)
     profile: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    learned: int = 0
+    """How many times real runs corrected this stored plan (0: as first planned)."""
 
 
 def serial_plan(reason: str, *, start_method: str = "", data: Any = None) -> Plan:
@@ -80,6 +82,7 @@ class PlanRecord:
     created: float
     function: str
     workload: dict[str, Any]
+    learned: int = 0
 
 
 def _dumps(obj: dict[str, Any]) -> str:
@@ -102,6 +105,7 @@ def plan_record(
     system: SystemInfo,
     created: float,
     workload: dict[str, Any],
+    learned: int = 0,
 ) -> str:
     """The JSON text stored for one plan."""
     clean_workload = {k: (_clean_number(v) if isinstance(v, float) else v) for k, v in workload.items()}
@@ -121,6 +125,7 @@ def plan_record(
                 "warnings": list(warnings),
             },
             "workload": clean_workload,
+            "learned": learned,
         }
     )
 
@@ -236,6 +241,7 @@ def _read_plan_record(text: str, *, usable_cpus: int, max_workers: int | None) -
         created=float(obj["created"]),
         function=function,
         workload=workload,
+        learned=min(max(_int(obj.get("learned")) or 0, 0), 1_000_000),
     )
 
 

@@ -33,6 +33,8 @@ __all__ = [
     "DEFAULT_TTL_S",
     "Options",
     "Planned",
+    "forget_hints",
+    "learn",
     "make_plan",
     "plan_prefix",
 ]
@@ -56,6 +58,19 @@ SAMPLE_SHARE = 0.02
 #: A prior-cost plan this clearly serial needs no measured costs: even with the
 #: measured costs halving the overheads it would stay serial.
 CLEARLY_SERIAL = 0.5
+#: A run whose items took this many times longer (or shorter) than the sample
+#: said corrects the stored plan: the first items were not representative, or the
+#: data changed. Below it, the difference is noise a plan does not care about.
+LEARN_RATIO = 2.0
+#: A parallel run this much slower than its prediction corrects the plan too.
+LEARN_WALL_RATIO = 1.5
+#: Runs shorter than this teach nothing: start-up and timer noise dominate.
+LEARN_MIN_S = 0.02
+#: Items at least this heavy are not probed here once a stored plan sends them to
+#: workers: probing one would run it alone while the workers wait (a 0.25 s item
+#: on two workers costs a third of a six-item run). A hint row remembers the time
+#: bucket, and real runs check it (see :func:`learn`).
+HEAVY_ITEM_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,46 @@ class Planned:
     source: Iterator[Any]
     hit: bool | None
     key: str
+    options: Options | None = None
+
+
+_hints: dict[str, int | None] = {}
+_HINTS_MAX = 1024
+
+
+def _hint_key(plan_key_: str) -> str:
+    """The hint row for a plan key: the same key without its time bucket."""
+    return "hint:" + plan_key_.rsplit(":t", 1)[0]
+
+
+def _read_hint(store: PlanStore, key: str) -> int | None:
+    """The remembered time bucket, memoised per process (one store read per key)."""
+    if key in _hints:
+        return _hints[key]
+    text = store.get(key)
+    bucket: int | None = None
+    if isinstance(text, str) and text.isdigit() and len(text) <= 2 and int(text) <= 40:
+        bucket = int(text)
+    if len(_hints) >= _HINTS_MAX:
+        _hints.clear()
+    _hints[key] = bucket
+    return bucket
+
+
+def _write_hint(store: PlanStore, plan_key_: str, tbucket: int | None, name: str, ttl: float) -> None:
+    key = _hint_key(plan_key_)
+    if tbucket is None:
+        if _hints.get(key, 0) is not None:
+            store.delete(key)
+        _hints[key] = None
+        return
+    store.set(key, str(tbucket), tag=name, expire=ttl)
+    _hints[key] = tbucket
+
+
+def forget_hints() -> None:
+    """Drop the per-process memo of hint rows (after the store was cleared)."""
+    _hints.clear()
 
 
 def plan_prefix(name: str) -> str:
@@ -109,6 +164,7 @@ def _lookup(
             warnings=record.warnings,
             from_cache=True,
             start_method=system.start_method,
+            learned=record.learned,
         )
         return key, plan
     return None
@@ -149,10 +205,6 @@ def make_plan(
     t_start = time.perf_counter()
     system = current_system(options.start_method)
     sampler = Sampler(func)
-    exhausted = sampler.run(source, max_items=PROBE_MAX_ITEMS, budget_s=PROBE_BUDGET_S)
-    exhausted = exhausted or (n_items is not None and len(sampler.items) >= n_items)
-    probe_s = sorted(sampler.times)[len(sampler.times) // 2] if sampler.times else 0.0
-    tbucket = time_bucket(probe_s)
 
     def key_for(bucket: int) -> str:
         return plan_key(
@@ -165,13 +217,25 @@ def make_plan(
             max_workers=options.max_workers,
         )
 
+    if options.use_cache and not profile and n_items is not None and n_items > 1:
+        hinted = _read_hint(store, _hint_key(key_for(0)))
+        if hinted is not None:
+            found = _lookup(store, [key_for(hinted)], system, options)
+            if found is not None and found[1].executor == "process":
+                logger.debug("autopar: heavy items, plan %s used without probing", found[0])
+                return Planned(found[1], sampler, source, True, found[0], options)
+
+    exhausted = sampler.run(source, max_items=PROBE_MAX_ITEMS, budget_s=PROBE_BUDGET_S)
+    exhausted = exhausted or (n_items is not None and len(sampler.items) >= n_items)
+    probe_s = sorted(sampler.times)[len(sampler.times) // 2] if sampler.times else 0.0
+    tbucket = time_bucket(probe_s)
     key = key_for(tbucket)
     if exhausted:
         plan = serial_plan(
             f"serial: all {len(sampler.items)} item(s) were evaluated while measuring",
             start_method=system.start_method,
         )
-        return Planned(plan, sampler, source, None, key)
+        return Planned(plan, sampler, source, None, key, options)
 
     if options.use_cache and not profile:
         # A neighbouring time bucket is as good: a few items' median jitters by tens
@@ -180,7 +244,7 @@ def make_plan(
         found = _lookup(store, neighbours, system, options)
         if found is not None:
             logger.debug("autopar: plan cache hit for %s: %s", found[0], found[1].reason)
-            return Planned(found[1], sampler, source, True, found[0])
+            return Planned(found[1], sampler, source, True, found[0], options)
 
     estimated_total = (n_items if n_items is not None else STREAM_ASSUMED_ITEMS) * probe_s
     # Only time spent evaluating items counts against the budget: a slow first open
@@ -194,7 +258,7 @@ def make_plan(
             f"serial: all {len(sampler.items)} item(s) were evaluated while measuring",
             start_method=system.start_method,
         )
-        return Planned(plan, sampler, source, False, key)
+        return Planned(plan, sampler, source, False, key, options)
 
     workload = Workload(
         n_items=n_items,
@@ -241,11 +305,14 @@ def make_plan(
                     "cpu_fraction": workload.cpu_fraction,
                     "in_bytes": workload.in_bytes,
                     "out_bytes": workload.out_bytes,
+                    "pickle_s": workload.pickle_s,
                 },
             ),
             tag=name,
             expire=options.ttl,
         )
+        heavy = executor == "process" and workload.item_s >= HEAVY_ITEM_S and n_items is not None
+        _write_hint(store, key, tbucket if heavy else None, name, options.ttl)
     details = None
     if profile:
         details = {
@@ -272,4 +339,112 @@ def make_plan(
         start_method=system.start_method,
         profile=details,
     )
-    return Planned(plan, sampler, source, False, key)
+    return Planned(plan, sampler, source, False, key, options)
+
+
+def _workload_from(record: dict[str, Any], n_items: int | None, item_s: float) -> Workload:
+    def num(name: str, default: float) -> float:
+        value = record.get(name)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+    cv = record.get("cv")
+    return Workload(
+        n_items=n_items,
+        item_s=item_s,
+        cv=float(cv) if isinstance(cv, (int, float)) and not isinstance(cv, bool) else None,
+        cpu_fraction=num("cpu_fraction", 1.0),
+        in_bytes=num("in_bytes", 0.0),
+        out_bytes=num("out_bytes", 0.0),
+        pickle_s=num("pickle_s", 0.0),
+    )
+
+
+def learn(
+    planned: Planned,
+    name: str,
+    store: PlanStore,
+    *,
+    n_run: int,
+    wall_s: float,
+    item_s: float,
+) -> Plan | None:
+    """Correct the stored plan when a real run disagreed with it by a wide margin.
+
+    ``n_run`` items ran in ``wall_s`` (this call's run, after the probe), each taking
+    ``item_s`` of computing on average. When that is :data:`LEARN_RATIO` off the
+    sampled per-item time, or a parallel run took :data:`LEARN_WALL_RATIO` times its
+    prediction, the model decides again with what was observed and the stored plan
+    is replaced (its ``learned`` count says how often). Returns the new plan, or None.
+    """
+    options = planned.options
+    plan = planned.plan
+    if options is None or not options.use_cache or planned.hit is None or wall_s < LEARN_MIN_S or n_run <= 0:
+        return None
+    system = current_system(options.start_method)
+    record = read_plan_record(store.get(planned.key), usable_cpus=system.usable_cpus, max_workers=options.max_workers)
+    if record is None:
+        return None
+    sampled_s = record.workload.get("item_s")
+    if not isinstance(sampled_s, (int, float)) or isinstance(sampled_s, bool) or sampled_s <= 0 or item_s <= 0:
+        return None
+    ratio = item_s / sampled_s
+    predicted_s = n_run * sampled_s / max(record.estimated_speedup, 1e-9) if plan.executor == "process" else 0.0
+    slow_run = plan.executor == "process" and wall_s > LEARN_WALL_RATIO * predicted_s
+    if 1 / LEARN_RATIO < ratio < LEARN_RATIO and not slow_run:
+        return None
+    n_items = record.workload.get("n_items")
+    workload = _workload_from(record.workload, n_items if type(n_items) is int else n_run, item_s)
+    decision, _ = _decide(workload, system, options, store)
+    executor, n_jobs, chunksize = decision.executor, decision.n_jobs, decision.chunksize
+    if plan.executor == "process" and slow_run and wall_s > n_run * item_s:
+        executor, n_jobs, chunksize = "serial", 1, 1  # it ran slower than the loop would have
+    if executor == "process" and record.warnings:
+        return None  # it cannot go to workers (see the warnings); stay serial
+    observed = f"{n_run} items ran in {_fmt(wall_s)} ({_fmt(item_s)} per item; the sample said {_fmt(sampled_s)})"
+    if executor == "serial":
+        reason = f"serial, learned from a run: {observed}"
+        speedup = 1.0
+    else:
+        reason = f"{n_jobs} workers, chunks of {chunksize}, learned from a run: {observed}"
+        speedup = decision.estimated_speedup
+    learned = record.learned + 1
+    store.set(
+        planned.key,
+        plan_record(
+            function=name,
+            executor=executor,
+            n_jobs=n_jobs,
+            chunksize=chunksize,
+            estimated_speedup=speedup,
+            reason=reason,
+            warnings=record.warnings,
+            system=system,
+            created=time.time(),
+            workload={**record.workload, "item_s": item_s},
+            learned=learned,
+        ),
+        tag=name,
+        expire=options.ttl,
+    )
+    heavy = executor == "process" and item_s >= HEAVY_ITEM_S
+    _write_hint(store, planned.key, int(planned.key.rsplit(":t", 1)[1]) if heavy else None, name, options.ttl)
+    logger.debug("autopar: learned for %s: %s", planned.key, reason)
+    return Plan(
+        executor="process" if executor == "process" else "serial",
+        n_jobs=n_jobs,
+        chunksize=chunksize,
+        estimated_speedup=speedup,
+        reason=reason,
+        warnings=record.warnings,
+        from_cache=False,
+        start_method=system.start_method,
+        learned=learned,
+    )
+
+
+def _fmt(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.1f} us"

@@ -81,7 +81,7 @@ def fresh_counters() -> None:
 
     for obj in vars(workloads).values():
         if isinstance(obj, AutoParallel):
-            obj._hits = obj._misses = 0
+            obj._hits = obj._misses = obj._learned = 0
 
 
 @pytest.fixture(params=START_METHODS)

@@ -190,7 +190,7 @@ def test_cache_clear_and_clear_cache() -> None:
     workloads.add_one.plan(range(5000))
     assert f.cache_info().currsize == 2
     f.cache_clear()
-    assert f.cache_info() == (0, 0, None, 0)
+    assert f.cache_info() == (0, 0, None, 0, 0)
     assert workloads.add_one.cache_info().currsize == 1
     assert clear_cache() >= 1
     assert workloads.add_one.cache_info().currsize == 0

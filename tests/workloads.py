@@ -80,3 +80,23 @@ def capped(x: int) -> int:
 def sleepy(x: float) -> float:
     time.sleep(x)
     return x
+
+
+@auto_parallel
+def ramp(x: int) -> int:
+    """Cheap for the first 80 items (what sampling sees), 3 ms of CPU after them."""
+    spin(0.0001 if x < 80 else 0.003)
+    return x * 5
+
+
+@auto_parallel
+def logged_heavy(item: tuple[int, str]) -> int:
+    """30 ms of CPU; appends "x pid" to the log file named in the item."""
+    x, log = item
+    spin(0.03)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"{x} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    return x
