@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 from ..errors import RemoteTraceback, TaskTimeoutError, UnpicklableError, WorkerCrashedError
 from ..notes import add_note
 from ..serialization import dumps
+from ..system import usable_cpus
 from ._worker import SLOT_FIELDS, ItemFailure, init_worker, run_chunk
 
 __all__ = ["POOL_IDLE_TIMEOUT_S", "PoolRun", "ProcessBackend", "WarmPools", "shutdown"]
@@ -101,7 +102,7 @@ class PoolRun:
         self._slots = ctx.Array("q", 1 + SLOT_FIELDS * (4 * n_jobs + 8))
         self._cancel = ctx.Value("b", 0, lock=False)
         self.pool: multiprocessing.pool.Pool = ctx.Pool(
-            n_jobs, initializer=init_worker, initargs=(self._slots, self._cancel)
+            n_jobs, initializer=init_worker, initargs=(self._slots, self._cancel, max(1, usable_cpus() // n_jobs))
         )
         # Private, but the only way to see a dead worker: Pool replaces it silently.
         self.workers: list[Any] = list(self.pool._pool)

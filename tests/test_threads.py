@@ -1,0 +1,43 @@
+"""No oversubscription: native thread pools in workers are sized to share the CPUs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from autopar.system import usable_cpus
+
+numeric = pytest.importorskip("tests.numeric")
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_workers_get_a_share_of_the_cpus_for_their_blas(start_method: str) -> None:
+    parent_threads = numeric.blas_threads_here()
+    results = numeric.blas_threads.map(range(8), n_jobs=2, chunksize=1)
+    share = max(1, usable_cpus() // 2)
+    assert {threads for threads, _, _ in results} == {share}
+    assert {omp for _, _, omp in results} == {str(share)}
+    assert {pid for _, pid, _ in results}.isdisjoint({os.getpid()})
+    assert numeric.blas_threads_here() == parent_threads, "the caller's own pools are untouched"
+
+
+def test_a_thread_count_the_user_set_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # not the share autopar would give (1 of 2 CPUs each)
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)  # fresh workers load numpy under this env
+    try:
+        results = numeric.blas_threads.map(range(4), n_jobs=2, chunksize=1)
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+    assert {threads for threads, _, _ in results} == {2}
+    assert {omp for _, _, omp in results} == {None}, "autopar set nothing"
+
+
+def test_importing_numpy_does_not_force_serial() -> None:
+    plan = numeric.heavy_numpy.plan(range(300))
+    assert plan.executor == "process", plan.reason
+    assert numeric.heavy_numpy.map(range(300)) == [2.0 * x for x in range(300)]
