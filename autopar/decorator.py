@@ -340,7 +340,9 @@ class AutoParallel(Generic[P, R]):
         if wall_s < LEARN_MIN_S or n_run <= 0:
             return
         item_s = wall_s / n_run if executor == "serial" else sum(busy.values()) / n_run
-        if learn(planned, self._name_digest[0], get_store(), n_run=n_run, wall_s=wall_s, item_s=item_s) is not None:
+        store = get_store()
+        name = self._name_digest[0]
+        if learn(planned, name, store, n_run=n_run, wall_s=wall_s, item_s=item_s, ship_problem=self._ship_problem):
             with self._lock:
                 self._learned += 1
 

@@ -27,6 +27,7 @@ __all__ = [
     "Decision",
     "Workload",
     "choose_plan",
+    "memory_needed",
     "predict_parallel",
     "worker_limit",
     "prior_costs",
@@ -65,6 +66,10 @@ IO_WORKERS_PER_CPU = 4
 #: ...and never more than this many in all, unless ``max_workers`` says otherwise:
 #: each worker is a whole process (memory, start time, file descriptors).
 MAX_IO_WORKERS = 32
+#: Workers and their chunks may use at most this share of the available memory,
+#: and results collected by ``map`` should fit in it too: the rest is the
+#: caller's, the OS page cache's, and a margin for estimates that run low.
+MEMORY_SHARE = 0.5
 #: Among worker counts predicted within this fraction of the best time, the
 #: smallest wins: it leaves cores free for the rest of the machine at no real cost.
 NEAR_BEST = 0.03
@@ -115,6 +120,8 @@ class Workload:
     in_bytes: float = 0.0
     out_bytes: float = 0.0
     pickle_s: float = 0.0
+    worker_bytes: float = 0.0
+    """Memory one worker process needs before any item (its interpreter, imports)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,8 @@ class Decision:
     """The best chunk size for each worker count weighed."""
     considered: tuple[Candidate, ...] = ()
     """Every (workers, chunk size) pair weighed, for reports."""
+    warnings: tuple[str, ...] = ()
+    """Problems the caller should hear about (results that will not fit in memory)."""
 
     @property
     def estimated_speedup(self) -> float:
@@ -221,12 +230,20 @@ def worker_limit(usable_cpus: int, max_workers: int | None, *, io_bound: bool) -
     return cpus if max_workers is None else max(1, min(cpus, max_workers))
 
 
+def memory_needed(w: Workload, n_jobs: int, chunksize: int) -> float:
+    """Bytes ``n_jobs`` workers need: each process, plus a chunk's items and results
+    held on both sides of the pipe (pickled and unpickled)."""
+    per_chunk = 2 * chunksize * (_finite(w.in_bytes) + _finite(w.out_bytes))
+    return n_jobs * (_finite(w.worker_bytes) + per_chunk)
+
+
 def choose_plan(
     w: Workload,
     costs: Costs,
     *,
     usable_cpus: int,
     max_workers: int | None = None,
+    memory_bytes: float | None = None,
 ) -> Decision:
     """The best plan the model can find: serial, or worker count and chunk size.
 
@@ -244,8 +261,17 @@ def choose_plan(
     if n_items is not None:
         limit = min(limit, max(1, n_items))
 
+    budget = MEMORY_SHARE * memory_bytes if memory_bytes is not None and memory_bytes > 0 else math.inf
+    warnings: tuple[str, ...] = ()
+    results_bytes = effective_n * _finite(w.out_bytes)
+    if n_items is not None and results_bytes > budget:
+        warnings = (
+            f"the results of .map need about {results_bytes / 2**20:,.0f} MiB, more than half the "
+            f"{(memory_bytes or 0) / 2**20:,.0f} MiB available; use .imap to stream them",
+        )
+
     def serial(reason: str, candidates: tuple[Candidate, ...] = ()) -> Decision:
-        return Decision("serial", 1, 1, serial_s, serial_s, reason, candidates, tuple(considered))
+        return Decision("serial", 1, 1, serial_s, serial_s, reason, candidates, tuple(considered), warnings)
 
     considered: list[Candidate] = []
 
@@ -259,6 +285,8 @@ def choose_plan(
     for n_jobs in range(2, limit + 1):
         best: Candidate | None = None
         for chunksize in sorted(set(_chunk_candidates(n_items, n_jobs, t))):
+            if memory_needed(w, n_jobs, chunksize) > budget:
+                continue
             predicted = predict_parallel(w, costs, n_jobs, chunksize, usable_cpus)
             considered.append(Candidate(n_jobs, chunksize, predicted))
             if (
@@ -267,9 +295,14 @@ def choose_plan(
                 or (predicted == best.predicted_s and chunksize > best.chunksize)
             ):
                 best = Candidate(n_jobs, chunksize, predicted)
-        assert best is not None  # _chunk_candidates always yields
-        best_per_n.append(best)
+        if best is not None:
+            best_per_n.append(best)
 
+    if not best_per_n:
+        return serial(
+            f"serial: {(memory_bytes or 0) / 2**20:,.0f} MiB available is not enough for two workers "
+            f"({memory_needed(w, 2, 1) / 2**20:,.0f} MiB needed)"
+        )
     fastest = min(c.predicted_s for c in best_per_n)
     choice = next(c for c in best_per_n if c.predicted_s <= fastest * (1 + NEAR_BEST))
     candidates = tuple(best_per_n)
@@ -284,6 +317,9 @@ def choose_plan(
             candidates,
         )
     waits = ""
+    most = max(c.n_jobs for c in best_per_n)
+    if most < limit:
+        waits = f"; memory allows at most {most} workers"
     if choice.n_jobs > usable_cpus:
         waits = (
             f"; I/O-bound (CPU {cpu_fraction:.0%} of wall time), so {choice.n_jobs} workers "
@@ -299,4 +335,5 @@ def choose_plan(
         f"faster than the serial loop ({_fmt_s(choice.predicted_s)} vs {_fmt_s(serial_s)}){waits}",
         candidates,
         tuple(considered),
+        warnings,
     )

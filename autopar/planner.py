@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+from warnings import warn
 
 from ._version import CACHE_FORMAT
 from .calibration import load_or_measure_costs
+from .errors import AutoparWarning
 from .model import STREAM_ASSUMED_ITEMS, Decision, Workload, choose_plan, prior_costs
 from .plan import Plan, plan_record, read_plan_record, serial_plan, stale_reason
 from .sampling import Sampler
@@ -71,6 +73,8 @@ LEARN_MIN_S = 0.02
 #: on two workers costs a third of a six-item run). A hint row remembers the time
 #: bucket, and real runs check it (see :func:`learn`).
 HEAVY_ITEM_S = 0.01
+#: A forked worker's own memory to begin with (page tables, first copied pages).
+FORK_WORKER_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -175,13 +179,32 @@ def _decide(
 ) -> tuple[Decision, dict[str, Any]]:
     """The model's decision, measuring machine costs only when they could matter."""
     costs = prior_costs(system.start_method)
-    decision = choose_plan(workload, costs, usable_cpus=system.usable_cpus, max_workers=options.max_workers)
+    workload = replace(workload, worker_bytes=worker_bytes(system.start_method))
+    cpus, cap, memory = system.usable_cpus, options.max_workers, float(system.available_memory)
+    decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory)
     best = min((c.predicted_s for c in decision.candidates), default=float("inf"))
     clearly_serial = decision.executor == "serial" and decision.serial_s < CLEARLY_SERIAL * best
     if not clearly_serial and decision.candidates:
         costs = load_or_measure_costs(store, system)
-        decision = choose_plan(workload, costs, usable_cpus=system.usable_cpus, max_workers=options.max_workers)
+        decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory)
     return decision, asdict(costs)
+
+
+def worker_bytes(start_method: str) -> float:
+    """An estimate of one worker's own memory before any item.
+
+    A forked worker shares this process's pages until it writes them: a few MiB of
+    its own to begin with. A spawn or forkserver worker imports the function's
+    module afresh; this process's resident size is a generous stand-in.
+    """
+    if start_method == "fork":
+        return float(FORK_WORKER_BYTES)
+    try:
+        import psutil
+
+        return float(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001 - psutil failures must not stop planning
+        return float(FORK_WORKER_BYTES)
 
 
 def make_plan(
@@ -270,7 +293,9 @@ def make_plan(
         pickle_s=sample.pickle_s,
     )
     decision, costs = _decide(workload, system, options, store)
-    executor, reason, warnings = decision.executor, decision.reason, []
+    executor, reason, warnings = decision.executor, decision.reason, list(decision.warnings)
+    for text in decision.warnings:
+        warn(f"autopar: {name}: {text}", AutoparWarning, stacklevel=4)
     if executor == "process":
         problem = sample.unpicklable or (ship_problem() if ship_problem is not None else pickle_problem(func))
         if problem is not None:
@@ -367,6 +392,7 @@ def learn(
     n_run: int,
     wall_s: float,
     item_s: float,
+    ship_problem: Callable[[], str | None] | None = None,
 ) -> Plan | None:
     """Correct the stored plan when a real run disagreed with it by a wide margin.
 
@@ -398,8 +424,8 @@ def learn(
     executor, n_jobs, chunksize = decision.executor, decision.n_jobs, decision.chunksize
     if plan.executor == "process" and slow_run and wall_s > n_run * item_s:
         executor, n_jobs, chunksize = "serial", 1, 1  # it ran slower than the loop would have
-    if executor == "process" and record.warnings:
-        return None  # it cannot go to workers (see the warnings); stay serial
+    if executor == "process" and ship_problem is not None and ship_problem() is not None:
+        return None  # it cannot go to workers; it stays serial
     observed = f"{n_run} items ran in {_fmt(wall_s)} ({_fmt(item_s)} per item; the sample said {_fmt(sampled_s)})"
     if executor == "serial":
         reason = f"serial, learned from a run: {observed}"

@@ -63,3 +63,13 @@ def test_clearing_the_cache_forgets_the_heavy_hint(call_log: Path) -> None:
     workloads.logged_heavy.cache_clear()
     workloads.logged_heavy.map(items)
     assert workloads.logged_heavy.cache_info().misses == 1
+
+
+def test_results_too_big_for_memory_warn_and_say_so_in_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autopar
+    from autopar import system
+
+    monkeypatch.setattr(system, "available_memory", lambda: 64 * 2**20)  # 64 MiB "available"
+    with pytest.warns(autopar.AutoparWarning, match=r"use \.imap"):
+        plan = workloads.big_result.plan(range(100))  # 100 x 1 MiB results
+    assert any(".imap" in w for w in plan.warnings)

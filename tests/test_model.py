@@ -9,10 +9,12 @@ from hypothesis import strategies as st
 
 from autopar.model import (
     IO_BOUND_CPU_FRACTION,
+    MEMORY_SHARE,
     MIN_SPEEDUP,
     Costs,
     Workload,
     choose_plan,
+    memory_needed,
     predict_parallel,
     prior_costs,
     worker_limit,
@@ -133,3 +135,26 @@ def test_more_waiting_never_means_fewer_workers(cpu_fraction: float, cpus: int) 
     lower = dataclasses.replace(w, cpu_fraction=cpu_fraction / 2)
     c = prior_costs("fork")
     assert choose_plan(lower, c, usable_cpus=cpus).n_jobs >= choose_plan(w, c, usable_cpus=cpus).n_jobs
+
+
+@given(s.workloads, s.costs, s.cpus, st.floats(min_value=1e6, max_value=1e12))
+@settings(max_examples=200, deadline=None)
+def test_workers_and_their_chunks_fit_in_memory(w: Workload, c: Costs, cpus: int, memory: float) -> None:
+    d = choose_plan(w, c, usable_cpus=cpus, memory_bytes=memory)
+    if d.executor == "process":
+        assert memory_needed(w, d.n_jobs, d.chunksize) <= MEMORY_SHARE * memory
+
+
+def test_memory_caps_the_workers_and_big_results_warn() -> None:
+    w = Workload(n_items=1000, item_s=0.01, cv=0.1, worker_bytes=100 * 2**20, out_bytes=2**20)
+    roomy = choose_plan(w, prior_costs("fork"), usable_cpus=8, memory_bytes=64 * 2**30)
+    assert roomy.n_jobs == 8
+    assert not roomy.warnings
+    tight = choose_plan(w, prior_costs("fork"), usable_cpus=8, memory_bytes=2**30)
+    assert 2 <= tight.n_jobs < 8
+    assert "memory allows at most" in tight.reason
+    assert tight.warnings, "1000 x 1 MiB results do not fit in half of 1 GiB"
+    assert ".imap" in tight.warnings[0]
+    starved = choose_plan(w, prior_costs("fork"), usable_cpus=8, memory_bytes=300 * 2**20)
+    assert starved.executor == "serial"
+    assert "not enough for two workers" in starved.reason

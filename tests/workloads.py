@@ -100,3 +100,9 @@ def logged_heavy(item: tuple[int, str]) -> int:
     finally:
         os.close(fd)
     return x
+
+
+@auto_parallel
+def big_result(x: int) -> bytes:
+    """A 1 MiB result per item."""
+    return bytes([x % 256]) * (1 << 20)
