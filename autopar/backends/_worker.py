@@ -186,19 +186,33 @@ def _dump_results(results: list[Any], start: int) -> bytes:
         raise
 
 
-ChunkResult = tuple[int, "bytes | None", int, float]
+ChunkResult = tuple[int, "bytes | None", int, float, "bytes | None"]
 
 
 def run_chunk(func: Callable[[Any], Any], start: int, blob: bytes) -> ChunkResult:
-    """Evaluate one pickled chunk, or raise ItemFailure.
+    """Evaluate one pickled chunk.
 
-    Returns ``(start, pickled results, pid, busy seconds)``; the pid and busy time
-    let reports show how evenly the work spread. Returns ``(start, None, pid, 0)``
-    without running anything once the pool is cancelled.
+    Returns ``(start, pickled results, pid, busy seconds, None)``; the pid and busy
+    time let reports show how evenly the work spread. Returns ``(start, None, pid,
+    0, None)`` without running anything once the pool is cancelled. A failure comes
+    back as a value, ``(start, None, pid, busy, pickled ItemFailure or
+    UnpicklableError)``, pickled here with the standard reducers: raised, it would
+    be pickled by multiprocessing with whatever reducers the process registered
+    (tblib's, once ``distributed`` is imported, which also pickle ``__context__``:
+    the very object that could not be pickled).
     """
+    began = time.perf_counter()
+    try:
+        return _run_chunk(func, start, blob)
+    except (ItemFailure, UnpicklableError) as failure:
+        failure.__context__ = None
+        return start, None, os.getpid(), time.perf_counter() - began, dumps_exception(failure)
+
+
+def _run_chunk(func: Callable[[Any], Any], start: int, blob: bytes) -> ChunkResult:
     pid = os.getpid()
     if _cancel is not None and _cancel.value:
-        return start, None, pid, 0.0
+        return start, None, pid, 0.0, None
     began = time.perf_counter()
     func = getattr(func, "_autopar_raw", func)  # an @auto_parallel wrapper: call the raw function
     items = pickle.loads(blob)
@@ -222,7 +236,7 @@ def run_chunk(func: Callable[[Any], Any], start: int, blob: bytes) -> ChunkResul
     payload = _dump_results(results, start)
     if slots is not None:
         slots[base + 2] = 0
-    return start, payload, pid, time.perf_counter() - began
+    return start, payload, pid, time.perf_counter() - began, None
 
 
 def echo(value: Any) -> Any:

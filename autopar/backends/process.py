@@ -154,10 +154,17 @@ class PoolRun:
             error_callback=functools.partial(self._failed, start),
         )
 
-    def _succeeded(self, result: tuple[int, bytes | None, int, float]) -> None:
-        start, payload, pid, busy = result
+    def _succeeded(self, result: tuple[int, bytes | None, int, float, bytes | None]) -> None:
+        start, payload, pid, busy, failure = result
         self.busy[pid] = self.busy.get(pid, 0.0) + busy
-        self.done.put((start, True, payload))
+        if failure is None:
+            self.done.put((start, True, payload))
+            return
+        try:
+            exc: BaseException = pickle.loads(failure)
+        except Exception as err:  # noqa: BLE001 - described below, never lost
+            exc = UnpicklableError(f"the failure of a chunk cannot be unpickled here: {type(err).__name__}: {err}")
+        self.done.put((start, False, exc))
 
     def _failed(self, start: int, exc: BaseException) -> None:
         self.done.put((start, False, exc))
