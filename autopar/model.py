@@ -187,7 +187,9 @@ def predict_parallel(w: Workload, costs: Costs, n_jobs: int, chunksize: int, cor
     busiest += VARIANCE_Z * cv * t * math.sqrt(chunksize)
     parent_busy = n_items * (half_pickle + transfer) + n_chunks * costs.chunk_s
     cpu_fraction = min(1.0, _finite(w.cpu_fraction, 1.0))
-    cpu_total = n_items * (t * cpu_fraction + 2 * half_pickle + 2 * transfer) + 2 * n_chunks * costs.chunk_s
+    # ``byte_s`` is measured per byte and direction with both ends' work in it (the
+    # parent waits while a payload goes there and back), so transfer counts once.
+    cpu_total = n_items * (t * cpu_fraction + 2 * half_pickle + transfer) + 2 * n_chunks * costs.chunk_s
     run = max(busiest, parent_busy, cpu_total / max(1, cores))
     return n_jobs * costs.worker_start_s + run
 

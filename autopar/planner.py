@@ -23,7 +23,7 @@ from warnings import warn
 from ._version import CACHE_FORMAT
 from .calibration import load_or_measure_costs
 from .errors import AutoparWarning
-from .model import STREAM_ASSUMED_ITEMS, Decision, Workload, choose_plan, prior_costs
+from .model import STREAM_ASSUMED_ITEMS, Costs, Decision, Workload, choose_plan, prior_costs
 from .plan import Plan, plan_record, read_plan_record, serial_plan, stale_reason
 from .sampling import Sampler
 from .serialization import pickle_problem
@@ -33,6 +33,7 @@ from .workload import plan_key, size_bucket, time_bucket
 
 __all__ = [
     "DEFAULT_TTL_S",
+    "Cluster",
     "Options",
     "Planned",
     "forget_hints",
@@ -63,7 +64,10 @@ CLEARLY_SERIAL = 0.5
 #: A run whose items took this many times longer (or shorter) than the sample
 #: said corrects the stored plan: the first items were not representative, or the
 #: data changed. Below it, the difference is noise a plan does not care about.
-LEARN_RATIO = 2.0
+LEARN_RATIO = 1.5
+#: The same for a run on workers, whose busy time is coarser: a freshly started
+#: worker faults in its pages, and workers share the CPUs with the parent.
+LEARN_RATIO_WORKERS = 2.0
 #: A parallel run this much slower than its prediction corrects the plan too.
 LEARN_WALL_RATIO = 1.5
 #: Runs shorter than this teach nothing: start-up and timer noise dominate.
@@ -85,6 +89,28 @@ class Options:
     start_method: str | None = None
     use_cache: bool = True
     ttl: float = DEFAULT_TTL_S
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A cluster to plan for instead of this machine (see :mod:`autopar.backends.dask`).
+
+    ``fingerprint`` takes the start method's place in plan keys and records, so a
+    plan made for a laptop is never used on a cluster, nor the other way round.
+    """
+
+    fingerprint: str
+    threads: int
+    memory_bytes: int
+    measure: Callable[[], Costs]
+    executor: str = "dask"
+
+    def system(self) -> SystemInfo:
+        """The cluster as a :class:`SystemInfo`: the seed's invalidation rules apply."""
+        here = current_system()
+        return replace(
+            here, usable_cpus=max(1, self.threads), start_method=self.fingerprint, available_memory=self.memory_bytes
+        )
 
 
 @dataclass
@@ -175,12 +201,19 @@ def _lookup(
 
 
 def _decide(
-    workload: Workload, system: SystemInfo, options: Options, store: PlanStore
+    workload: Workload, system: SystemInfo, options: Options, store: PlanStore, cluster: Cluster | None = None
 ) -> tuple[Decision, dict[str, Any]]:
     """The model's decision, measuring machine costs only when they could matter."""
     costs = prior_costs(system.start_method)
-    workload = replace(workload, worker_bytes=worker_bytes(system.start_method))
-    cpus, cap, memory = system.usable_cpus, options.max_workers, float(system.available_memory)
+    cpus, cap = system.usable_cpus, options.max_workers
+    memory: float | None = float(system.available_memory)
+    if cluster is None:
+        workload = replace(workload, worker_bytes=worker_bytes(system.start_method))
+    else:  # the cluster's workers run already, and Dask manages their memory
+        memory = None
+        costs = load_or_measure_costs(store, system, measure=cluster.measure)
+        decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap)
+        return decision, asdict(costs)
     decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory)
     best = min((c.predicted_s for c in decision.candidates), default=float("inf"))
     clearly_serial = decision.executor == "serial" and decision.serial_s < CLEARLY_SERIAL * best
@@ -218,6 +251,7 @@ def make_plan(
     *,
     profile: bool = False,
     ship_problem: Callable[[], str | None] | None = None,
+    cluster: Cluster | None = None,
 ) -> Planned:
     """Probe, look up, and on a miss sample, decide and store. See the module doc.
 
@@ -226,7 +260,8 @@ def make_plan(
     it is asked only before a process plan is returned.
     """
     t_start = time.perf_counter()
-    system = current_system(options.start_method)
+    system = current_system(options.start_method) if cluster is None else cluster.system()
+    parallel = "process" if cluster is None else cluster.executor
     sampler = Sampler(func)
 
     def key_for(bucket: int) -> str:
@@ -244,7 +279,7 @@ def make_plan(
         hinted = _read_hint(store, _hint_key(key_for(0)))
         if hinted is not None:
             found = _lookup(store, [key_for(hinted)], system, options)
-            if found is not None and found[1].executor == "process":
+            if found is not None and found[1].executor == parallel:
                 logger.debug("autopar: heavy items, plan %s used without probing", found[0])
                 return Planned(found[1], sampler, source, True, found[0], options)
 
@@ -292,19 +327,23 @@ def make_plan(
         out_bytes=sample.out_bytes,
         pickle_s=sample.pickle_s,
     )
-    decision, costs = _decide(workload, system, options, store)
-    executor, reason, warnings = decision.executor, decision.reason, list(decision.warnings)
+    decision, costs = _decide(workload, system, options, store, cluster)
+    executor: str = decision.executor
+    reason, warnings = decision.reason, list(decision.warnings)
+    if cluster is not None and executor == "process":
+        executor = cluster.executor
+        reason = f"{reason} on {cluster.fingerprint}"
     for text in decision.warnings:
         warn(f"autopar: {name}: {text}", AutoparWarning, stacklevel=4)
-    if executor == "process":
+    if executor == parallel:
         problem = sample.unpicklable or (ship_problem() if ship_problem is not None else pickle_problem(func))
         if problem is not None:
             executor = "serial"
             reason = f"serial: parallel would pay ({decision.estimated_speedup:.2f}x) but {problem}"
             warnings.append(problem)
-    speedup = decision.estimated_speedup if executor == "process" else 1.0
-    n_jobs = decision.n_jobs if executor == "process" else 1
-    chunksize = decision.chunksize if executor == "process" else 1
+    speedup = decision.estimated_speedup if executor == parallel else 1.0
+    n_jobs = decision.n_jobs if executor == parallel else 1
+    chunksize = decision.chunksize if executor == parallel else 1
     planning_s = time.perf_counter() - t_start
     logger.debug("autopar: planned %s in %.1f ms: %s", key, planning_s * 1e3, reason)
 
@@ -336,7 +375,7 @@ def make_plan(
             tag=name,
             expire=options.ttl,
         )
-        heavy = executor == "process" and workload.item_s >= HEAVY_ITEM_S and n_items is not None
+        heavy = executor == parallel and workload.item_s >= HEAVY_ITEM_S and n_items is not None
         _write_hint(store, key, tbucket if heavy else None, name, options.ttl)
     details = None
     if profile:
@@ -354,7 +393,7 @@ def make_plan(
             "system": asdict(system),
         }
     plan = Plan(
-        executor=executor,
+        executor=executor,  # type: ignore[arg-type]
         n_jobs=n_jobs,
         chunksize=chunksize,
         estimated_speedup=speedup,
@@ -416,13 +455,14 @@ def learn(
     ratio = item_s / sampled_s
     predicted_s = n_run * sampled_s / max(record.estimated_speedup, 1e-9) if plan.executor == "process" else 0.0
     slow_run = plan.executor == "process" and wall_s > LEARN_WALL_RATIO * predicted_s
-    if 1 / LEARN_RATIO < ratio < LEARN_RATIO and not slow_run:
+    margin = LEARN_RATIO if plan.executor == "serial" else LEARN_RATIO_WORKERS
+    if 1 / margin < ratio < margin and not slow_run:
         return None
     n_items = record.workload.get("n_items")
     workload = _workload_from(record.workload, n_items if type(n_items) is int else n_run, item_s)
     decision, _ = _decide(workload, system, options, store)
     executor, n_jobs, chunksize = decision.executor, decision.n_jobs, decision.chunksize
-    if plan.executor == "process" and slow_run and wall_s > n_run * item_s:
+    if plan.executor == "process" and slow_run and wall_s > n_run * min(item_s, sampled_s):
         executor, n_jobs, chunksize = "serial", 1, 1  # it ran slower than the loop would have
     if executor == "process" and ship_problem is not None and ship_problem() is not None:
         return None  # it cannot go to workers; it stays serial
