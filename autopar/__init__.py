@@ -8,7 +8,7 @@
                           ▼                                               ▲
                       sampler (clocks, pickle sizes) ─► cost model ─► Plan
                                                                           │
-                                                     backend (serial | process)
+                                          backend (serial | process | dask)
 
 A call probes a few items (keeping their results), looks up a stored plan for
 this function and workload bucket, and on a miss samples, decides with a pure
@@ -24,6 +24,8 @@ from .errors import (
     AutoparError,
     AutoparWarning,
     CacheWarning,
+    DaskUnavailableError,
+    NoClientError,
     NotIterableError,
     RemoteTraceback,
     TaskTimeoutError,
@@ -40,7 +42,9 @@ __all__ = [
     "AutoparWarning",
     "CacheInfo",
     "CacheWarning",
+    "DaskUnavailableError",
     "Explanation",
+    "NoClientError",
     "NotIterableError",
     "Plan",
     "RemoteTraceback",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from ._version import CACHE_FORMAT
 from .backends._worker import echo, pid_after
@@ -89,8 +90,13 @@ def measure_costs(start_method: str) -> Costs:
     return costs
 
 
-def load_or_measure_costs(store: PlanStore, system: SystemInfo) -> Costs:
-    """Costs for ``system`` from the store, measured and stored when missing or stale."""
+def load_or_measure_costs(
+    store: PlanStore, system: SystemInfo, *, measure: Callable[[], Costs] | None = None
+) -> Costs:
+    """Costs for ``system`` from the store, measured and stored when missing or stale.
+
+    ``measure`` replaces the local pool measurement (a cluster measures its own).
+    """
     key = costs_key(system)
     with _measure_lock:  # two threads planning at once measure once
         parsed = read_costs_record(store.get(key))
@@ -101,6 +107,6 @@ def load_or_measure_costs(store: PlanStore, system: SystemInfo) -> Costs:
             if why is None:
                 return costs
             logger.debug("autopar: stored costs are stale: %s", why)
-        costs = measure_costs(system.start_method)
+        costs = measure_costs(system.start_method) if measure is None else measure()
         store.set(key, costs_record(costs, system, time.time()), expire=COSTS_TTL_S)
         return costs

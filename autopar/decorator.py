@@ -25,7 +25,7 @@ from .plan import Plan, serial_plan
 
 if TYPE_CHECKING:
     from .explain import Explanation
-from .planner import DEFAULT_TTL_S, LEARN_MIN_S, Options, Planned, forget_hints, learn, make_plan, plan_prefix
+from .planner import DEFAULT_TTL_S, LEARN_MIN_S, Cluster, Options, Planned, forget_hints, learn, make_plan, plan_prefix
 from .progress import make_progress
 from .serialization import ShippedFunction
 from .store import get_store
@@ -55,6 +55,24 @@ class CacheInfo(NamedTuple):
     maxsize: int | None
     currsize: int
     learned: int = 0
+
+
+BACKENDS = ("process", "dask", "serial")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A call's backend: its name, and for a cluster the runner and what planning needs."""
+
+    name: str
+    runner: Any = None
+    cluster: Cluster | None = None
+
+
+def _check_backend(backend: object) -> None:
+    if backend not in BACKENDS:
+        msg = f"backend must be one of {BACKENDS}, got {backend!r}"
+        raise ValueError(msg)
 
 
 def _check_positive(name: str, value: int | None) -> None:
@@ -110,6 +128,7 @@ class AutoParallel(Generic[P, R]):
         start_method: str | None = None,
         use_cache: bool = True,
         ttl: float = DEFAULT_TTL_S,
+        backend: str = "process",
     ) -> None:
         if not callable(func):
             msg = f"auto_parallel needs a callable, got {type(func).__name__}"
@@ -119,6 +138,7 @@ class AutoParallel(Generic[P, R]):
         if start_method is not None and start_method not in _VALID_START_METHODS:
             msg = f"start_method must be one of {_VALID_START_METHODS} or None, got {start_method!r}"
             raise ValueError(msg)
+        _check_backend(backend)
         if not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
             msg = f"ttl must be a positive number of seconds, got {ttl!r}"
             raise ValueError(msg)
@@ -130,6 +150,7 @@ class AutoParallel(Generic[P, R]):
             max_workers=max_workers, start_method=start_method, use_cache=bool(use_cache), ttl=float(ttl)
         )
         self._chunksize = chunksize
+        self._backend = backend
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
@@ -174,16 +195,39 @@ class AutoParallel(Generic[P, R]):
             else:
                 self._misses += 1
 
-    def _plan(self, source: Iterator[Any], n_items: int | None, *, use_cache: bool = True) -> Planned:
+    def _plan(
+        self, source: Iterator[Any], n_items: int | None, *, use_cache: bool = True, cluster: Cluster | None = None
+    ) -> Planned:
         name, digest = self._name_digest
         options = self._options
         if not use_cache:
             options = Options(options.max_workers, options.start_method, False, options.ttl)
         planned = make_plan(
-            self.__wrapped__, name, digest, source, n_items, options, get_store(), ship_problem=self._ship_problem
+            self.__wrapped__,
+            name,
+            digest,
+            source,
+            n_items,
+            options,
+            get_store(),
+            ship_problem=self._ship_problem,
+            cluster=cluster,
         )
         self._count(planned.hit)
         return planned
+
+    def _target(self, backend: str | None) -> Target:
+        """Where this call's parallel work runs: ``backend``, else the decorator's."""
+        name = self._backend if backend is None else backend
+        _check_backend(name)
+        if name != "dask":
+            return Target(name)
+        from .backends.dask import DaskBackend  # imports distributed: only when asked for
+
+        dask = DaskBackend()
+        info = dask.cluster()
+        cluster = Cluster(info.fingerprint, info.threads, info.memory_per_worker * info.workers, dask.measure_costs)
+        return Target(name, dask, cluster)
 
     def _start_method(self) -> str:
         return self._options.start_method or default_start_method()
@@ -247,15 +291,19 @@ class AutoParallel(Generic[P, R]):
         chunksize: int | None,
         timeout: float,
         tick: Callable[[int], None] | None,
+        target: Target,
     ) -> list[R]:
         """Every item in workers, none here: an item stuck in this process could not be
         interrupted, so the probe is skipped and Pool's default chunking is used."""
         cap = self._options.max_workers
-        n = min(n_jobs or usable_cpus(), cap or len(items), len(items))
+        cpus = target.cluster.threads if target.cluster is not None else usable_cpus()
+        n = min(n_jobs or cpus, cap or len(items), len(items))
         n = max(1, n)
         size = chunksize or self._chunksize or max(1, math.ceil(len(items) / (4 * n)))
-        backend = ProcessBackend(self._start_method(), reuse=True)
-        return backend.map(self._sendable(), items, start=0, n_jobs=n, chunksize=size, timeout=timeout, progress=tick)
+        backend = target.runner if target.runner is not None else ProcessBackend(self._start_method(), reuse=True)
+        return backend.map(
+            self._sendable(), items, start=0, n_jobs=n, chunksize=size, timeout=timeout, progress=tick
+        )
 
     # -- the public methods -------------------------------------------------------------------
 
@@ -267,6 +315,7 @@ class AutoParallel(Generic[P, R]):
         chunksize: int | None = None,
         timeout: float | None = None,
         progress: bool = False,
+        backend: str | None = None,
     ) -> list[R]:
         """``list(map(f, iterable))``, in parallel when the plan says it pays.
 
@@ -278,19 +327,23 @@ class AutoParallel(Generic[P, R]):
         processes, which are stopped when time runs out:
         :class:`~autopar.TaskTimeoutError` (a ``TimeoutError``) is raised.
         ``progress=True`` draws a bar on stderr counting finished items.
+        ``backend`` (``"process"``, ``"dask"``, ``"serial"``) overrides the
+        decorator's; ``"dask"`` runs chunks on the active ``distributed.Client``.
         """
         _check_positive("n_jobs", n_jobs)
         _check_positive("chunksize", chunksize)
+        _check_backend(self._backend if backend is None else backend)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):
             msg = f"timeout must be a positive number of seconds or None, got {timeout!r}"
             raise ValueError(msg)
         items = as_sequence(iterable)
+        target = self._target(backend)
         bar = make_progress(len(items), self.__name__) if progress else None
         tick = bar.update if bar is not None else None
         try:
-            return self._map(items, n_jobs, chunksize, timeout, tick)
+            return self._map(items, n_jobs, chunksize, timeout, tick, target)
         finally:
             if bar is not None:
                 bar.close()
@@ -302,18 +355,19 @@ class AutoParallel(Generic[P, R]):
         chunksize: int | None,
         timeout: float | None,
         tick: Callable[[int], None] | None,
+        target: Target,
     ) -> list[R]:
-        if in_worker() or n_jobs == 1 or len(items) == 0:
+        if in_worker() or n_jobs == 1 or len(items) == 0 or target.name == "serial":
             return SerialBackend().map(self.__wrapped__, items, progress=tick)
         if timeout is not None:
-            return self._map_with_timeout(items, n_jobs, chunksize, float(timeout), tick)
+            return self._map_with_timeout(items, n_jobs, chunksize, float(timeout), tick, target)
         fixed_chunks = chunksize if chunksize is not None else self._chunksize
         planned: Planned | None = None
         if n_jobs is not None and fixed_chunks is not None:
             executor, n, size = self._resolve(_FIXED, n_jobs, fixed_chunks, len(items))
             done: list[Any] = []
         else:
-            planned = self._plan(iter(items), len(items))
+            planned = self._plan(iter(items), len(items), cluster=target.cluster)
             done = planned.sampler.results
             executor, n, size = self._resolve(planned.plan, n_jobs, chunksize, len(items) - len(done))
             if tick is not None:
@@ -323,6 +377,8 @@ class AutoParallel(Generic[P, R]):
         began = time.perf_counter()
         if executor == "serial":
             results = SerialBackend().map(self.__wrapped__, items, start=start, progress=tick)
+        elif target.runner is not None:
+            results = target.runner.map(self._sendable(), items, start=start, n_jobs=n, chunksize=size, progress=tick)
         else:
             backend = ProcessBackend(self._start_method(), reuse=True)
             results = backend.map(
@@ -335,7 +391,9 @@ class AutoParallel(Generic[P, R]):
 
     def _learn(self, planned: Planned, executor: str, n_run: int, wall_s: float, busy: dict[int, float]) -> None:
         """Let the planner correct the stored plan from this run, when it ran as planned."""
-        if executor != planned.plan.executor or (executor == "process" and not busy):
+        if executor != planned.plan.executor or executor not in ("serial", "process"):
+            return  # explicit arguments overrode the plan, or a cluster ran it (no busy times yet)
+        if executor == "process" and not busy:
             return  # explicit arguments overrode the plan: this run says nothing about it
         if wall_s < LEARN_MIN_S or n_run <= 0:
             return
@@ -354,6 +412,7 @@ class AutoParallel(Generic[P, R]):
         n_jobs: int | None = None,
         chunksize: int | None = None,
         progress: bool = False,
+        backend: str | None = None,
     ) -> Iterator[R]:
         """Stream results for large or endless inputs, planned the same way as ``map``.
 
@@ -362,12 +421,13 @@ class AutoParallel(Generic[P, R]):
         """
         _check_positive("n_jobs", n_jobs)
         _check_positive("chunksize", chunksize)
+        target = self._target(backend)
         source = _iterate(iterable)
         hint = len(iterable) if isinstance(iterable, Sequence) else operator.length_hint(iterable, 0)
         n_items = hint if hint or isinstance(iterable, Sequence) else None
         if not progress:
-            return self._imap(source, n_items, ordered, n_jobs, chunksize, None)
-        return self._imap_with_bar(source, n_items, ordered, n_jobs, chunksize)
+            return self._imap(source, n_items, ordered, n_jobs, chunksize, None, target)
+        return self._imap_with_bar(source, n_items, ordered, n_jobs, chunksize, target)
 
     def _imap_with_bar(
         self,
@@ -376,10 +436,11 @@ class AutoParallel(Generic[P, R]):
         ordered: bool,
         n_jobs: int | None,
         chunksize: int | None,
+        target: Target,
     ) -> Iterator[R]:
         bar = make_progress(n_items, self.__name__)
         try:
-            yield from self._imap(source, n_items, ordered, n_jobs, chunksize, bar.update)
+            yield from self._imap(source, n_items, ordered, n_jobs, chunksize, bar.update, target)
         finally:
             bar.close()
 
@@ -391,8 +452,9 @@ class AutoParallel(Generic[P, R]):
         n_jobs: int | None,
         chunksize: int | None,
         tick: Callable[[int], None] | None,
+        target: Target,
     ) -> Iterator[R]:
-        if in_worker() or n_jobs == 1:
+        if in_worker() or n_jobs == 1 or target.name == "serial":
             yield from SerialBackend().imap(self.__wrapped__, source, progress=tick)
             return
         fixed_chunks = chunksize if chunksize is not None else self._chunksize
@@ -400,7 +462,7 @@ class AutoParallel(Generic[P, R]):
         if n_jobs is not None and fixed_chunks is not None:  # nothing to plan, as in map()
             executor, n, size = self._resolve(_FIXED, n_jobs, fixed_chunks, n_items)
         else:
-            planned = self._plan(source, n_items)
+            planned = self._plan(source, n_items, cluster=target.cluster)
             if tick is not None:
                 tick(len(planned.sampler.results))
             yield from planned.sampler.results
@@ -410,21 +472,29 @@ class AutoParallel(Generic[P, R]):
         if executor == "serial":
             yield from SerialBackend().imap(self.__wrapped__, source, offset=offset, progress=tick)
             return
+        if target.runner is not None:
+            yield from target.runner.imap(
+                self._sendable(), source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered, progress=tick
+            )
+            return
         backend = ProcessBackend(self._start_method(), reuse=True)
         yield from backend.imap(
             self._sendable(), source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered, progress=tick
         )
 
-    def plan(self, iterable: Iterable[Any]) -> Plan:
+    def plan(self, iterable: Iterable[Any], *, backend: str | None = None) -> Plan:
         """What ``map(iterable)`` would do, without running the whole map.
 
         A few items are evaluated to measure them (their results are discarded
         here); ``Plan.data`` holds every input item.
         """
         items = as_sequence(iterable)
+        target = self._target(backend)
         if in_worker():
             return serial_plan(_IN_WORKER, data=items)
-        planned = self._plan(iter(items), len(items))
+        if target.name == "serial":
+            return serial_plan("serial: backend='serial'", data=items)
+        planned = self._plan(iter(items), len(items), cluster=target.cluster)
         return dataclasses.replace(planned.plan, data=items)
 
     def explain(self, iterable: Iterable[Any], *, run: bool = False) -> Explanation:
@@ -476,6 +546,7 @@ def auto_parallel(
     start_method: str | None = None,
     use_cache: bool = True,
     ttl: float = DEFAULT_TTL_S,
+    backend: str = "process",
 ) -> Callable[[Callable[P, R]], AutoParallel[P, R]]: ...
 
 
@@ -488,12 +559,15 @@ def auto_parallel(
     start_method: str | None = None,
     use_cache: bool = True,
     ttl: float = DEFAULT_TTL_S,
+    backend: str = "process",
 ) -> AutoParallel[P, R] | Callable[[Callable[P, R]], AutoParallel[P, R]]:
     """Give a one-argument function a planned parallel ``.map``.
 
     Use bare (``@auto_parallel``) or with keyword options
     (``@auto_parallel(max_workers=4)``). The function must be defined at module
-    level for its items to run in worker processes.
+    level for its items to run in worker processes. ``backend`` is where parallel
+    work runs by default: ``"process"`` (a local pool), ``"dask"`` (the active
+    ``distributed.Client``) or ``"serial"``; ``.map(backend=...)`` overrides it.
 
     >>> from autopar import auto_parallel
     >>> @auto_parallel
@@ -511,6 +585,7 @@ def auto_parallel(
             start_method=start_method,
             use_cache=use_cache,
             ttl=ttl,
+            backend=backend,
         )
 
     if func is not None:

@@ -8,7 +8,10 @@ The tree, so callers can catch as broadly or as narrowly as they need::
           ├── WorkerCrashedError (+BrokenProcessPool)
           │                                     a worker died without answering
           ├── TaskTimeoutError (+TimeoutError)  .map(timeout=...) ran out of time
-          └── NotIterableError (+TypeError)     .map() got something not iterable
+          ├── NotIterableError (+TypeError)     .map() got something not iterable
+          ├── DaskUnavailableError (+ImportError)
+          │                                     backend="dask" without the extra
+          └── NoClientError (+RuntimeError)     backend="dask" with no active Client
     UserWarning
      └── AutoparWarning
           └── CacheWarning                  the plan store misbehaved; autopar went on
@@ -25,6 +28,8 @@ __all__ = [
     "AutoparError",
     "AutoparWarning",
     "CacheWarning",
+    "DaskUnavailableError",
+    "NoClientError",
     "NotIterableError",
     "RemoteTraceback",
     "TaskTimeoutError",
@@ -51,6 +56,14 @@ class WorkerCrashedError(AutoparError, BrokenProcessPool):
 
 class TaskTimeoutError(AutoparError, TimeoutError):
     """``.map(..., timeout=...)`` ran out of time; the workers were stopped."""
+
+
+class DaskUnavailableError(AutoparError, ImportError):
+    """``backend="dask"`` was asked for, but ``distributed`` is not installed."""
+
+
+class NoClientError(AutoparError, RuntimeError):
+    """``backend="dask"`` was asked for, but no ``distributed.Client`` is active."""
 
 
 class RemoteTraceback(Exception):

@@ -49,7 +49,7 @@ class Plan:
     so a generator passed to :func:`autopar.optimize` loses nothing.
     """
 
-    executor: Literal["serial", "process"]
+    executor: Literal["serial", "process", "dask"]
     n_jobs: int
     chunksize: int
     estimated_speedup: float
@@ -72,7 +72,7 @@ def serial_plan(reason: str, *, start_method: str = "", data: Any = None) -> Pla
 class PlanRecord:
     """A stored plan as read back: the plan's fields, where and when it was made."""
 
-    executor: Literal["serial", "process"]
+    executor: Literal["serial", "process", "dask"]
     n_jobs: int
     chunksize: int
     estimated_speedup: float
@@ -213,7 +213,7 @@ def _read_plan_record(text: str, *, usable_cpus: int, max_workers: int | None) -
     speedup = _number(body.get("estimated_speedup"))
     reason = _text(body.get("reason"))
     warnings = body.get("warnings")
-    if executor not in ("serial", "process") or n_jobs is None or chunksize is None:
+    if executor not in ("serial", "process", "dask") or n_jobs is None or chunksize is None:
         return None
     if speedup is None or reason is None:
         return None
@@ -231,7 +231,7 @@ def _read_plan_record(text: str, *, usable_cpus: int, max_workers: int | None) -
         executor = "serial"
     function = _text(obj.get("function")) or "?"
     return PlanRecord(
-        executor="process" if executor == "process" else "serial",
+        executor="process" if executor == "process" else "dask" if executor == "dask" else "serial",
         n_jobs=n_jobs,
         chunksize=chunksize,
         estimated_speedup=max(0.0, speedup),
@@ -253,11 +253,12 @@ def read_costs_record(text: object) -> tuple[Costs, dict[str, Any], float] | Non
     body = obj.get("costs")
     if not isinstance(body, dict):
         return None
-    bounds = {"worker_start_s": 10.0, "chunk_s": 0.1, "byte_s": 1e-5}
+    # A cluster's workers are already running: its worker_start_s is 0.
+    bounds = {"worker_start_s": (0.0, 10.0), "chunk_s": (1e-9, 1.0), "byte_s": (1e-13, 1e-5)}
     values: dict[str, float] = {}
-    for name, upper in bounds.items():
+    for name, (lower, upper) in bounds.items():
         value = _number(body.get(name))
-        if value is None or not 0 < value <= upper:
+        if value is None or not lower <= value <= upper:
             return None
         values[name] = value
     return Costs(measured=True, **values), obj["system"], float(obj["created"])

@@ -13,6 +13,16 @@ numeric = pytest.importorskip("tests.numeric")
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(autouse=True)
+def no_thread_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start as a user who set no thread counts (a distributed Nanny sets some in
+    os.environ when it starts workers, and another test module starts one)."""
+    from autopar.backends._worker import THREAD_VARS
+
+    for var in THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
 def test_workers_get_a_share_of_the_cpus_for_their_blas(start_method: str) -> None:
     parent_threads = numeric.blas_threads_here()
     results = numeric.blas_threads.map(range(8), n_jobs=2, chunksize=1)

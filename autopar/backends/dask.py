@@ -1,0 +1,580 @@
+"""The Dask backend: the same chunks, run as tasks on an existing ``distributed`` cluster.
+
+``Client.map(f, items)`` makes one task per item, and each task costs a scheduler
+round trip (a millisecond or more), so a map of cheap items on Dask is often far
+slower than the plain loop. Chunking is therefore autopar's job here exactly as on
+a local pool: each task runs :func:`_run_chunk` over a chunk of items, with the
+chunk size planned from costs measured on the cluster itself
+(:meth:`DaskBackend.measure_costs`).
+
+What travels, and why:
+
+* chunks go pickled by autopar (an unpicklable item is named before anything is
+  sent) and results come back pickled by the worker (an unsendable result is named
+  too); a failure in the user's function comes back as a *value*, so Dask neither
+  truncates a long message (it rebuilds exceptions over 10 kB from text) nor loses
+  the original type and arguments;
+* a function heavier than :data:`SCATTER_FUNC_BYTES` pickled (a ``functools.partial``
+  carrying an array) is scattered to every worker once and passed to each task as a
+  future, instead of riding along with every task;
+* every task has its own key (``pure=False`` semantics), so equal items or equal
+  chunks are never merged into one computation.
+
+A worker lost mid-chunk is Dask's to handle: the scheduler reruns the chunk on
+another worker (``distributed.scheduler.allowed-failures`` times, 3 by default) and
+then gives up with ``KilledWorker``, which becomes
+:class:`~autopar.errors.WorkerCrashedError` naming the chunk's items. A cluster
+with no workers at all makes tasks wait for one, as Dask does: ``timeout`` bounds
+the call. Worker processes that run a chunk are marked as autopar workers, so a
+``.map`` nested in the function runs serially there (Dask's worker processes are
+daemons, which cannot start a pool anyway).
+
+``distributed`` is imported only when a backend is made, so ``import autopar``
+never pays its ~0.5 s import.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib
+import inspect
+import itertools
+import os
+import pickle
+import re
+import socket
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import (
+    AutoparError,
+    DaskUnavailableError,
+    NoClientError,
+    RemoteTraceback,
+    TaskTimeoutError,
+    UnpicklableError,
+    WorkerCrashedError,
+)
+from ..model import Costs
+from ..notes import add_note
+from ..serialization import dumps, pickle_problem
+from ..system import mark_worker
+from ._worker import ItemFailure, dumps_exception, echo
+
+__all__ = [
+    "INSTALL_HINT",
+    "ClusterInfo",
+    "DaskBackend",
+    "DaskUnavailableError",
+    "NoClientError",
+]
+
+INSTALL_HINT = "pip install 'autopar[dask]'"
+
+#: A function whose pickle is larger than this is scattered to every worker once
+#: and passed to tasks as a future: at ~1 ms per task already, 64 KiB more per task
+#: starts to show, while scattering costs one extra round trip per ``map``.
+SCATTER_FUNC_BYTES = 64 * 1024
+#: A pickled chunk larger than this is scattered on its own instead of riding in
+#: the task graph: Dask warns about graph messages over 10 MB
+#: (``distributed.admin.large-graph-warning-threshold``).
+INLINE_CHUNK_BYTES = 4 << 20
+#: Chunks are submitted in ``Client.map`` batches of at most this many pickled
+#: bytes: one graph message per batch, each under Dask's 10 MB warning.
+BATCH_BYTES = 8 << 20
+#: Chunks in flight per worker thread for streams (``imap``): a thread never waits
+#: for the next submission, and an endless input is read only this far ahead.
+STREAM_CHUNKS_PER_THREAD = 4
+#: Results held for ordered streams beyond those in flight, per thread.
+STREAM_BUFFER_PER_THREAD = 16
+
+#: Cost probes: batches of no-op chunks (per-task overhead) and one payload sent
+#: there and back (per-byte cost). About 0.2 s in all on a local two-worker cluster.
+PROBE_BATCH = 10
+PROBE_ROUNDS = 5
+PROBE_PAYLOAD_BYTES = 1 << 20
+PROBE_PAYLOAD_ROUNDS = 3
+#: A per-byte cost below this is measurement noise (faster than memory copies).
+MIN_BYTE_S = 1e-11
+
+#: Measured costs per cluster fingerprint, for the life of this process.
+_costs: dict[str, Costs] = {}
+#: The scheduler's answer is reused this long: a cluster that scales is seen
+#: within a second, and a loop of small ``.map`` calls does not ask every time.
+CLUSTER_INFO_TTL_S = 1.0
+_cluster_info: dict[int, tuple[float, Any, ClusterInfo]] = {}
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What the scheduler reports about the cluster, and a key-safe summary of it."""
+
+    workers: int
+    threads: int
+    """Worker threads over the whole cluster: the parallelism the planner can use."""
+    memory_per_worker: int
+    """The smallest worker memory limit in bytes; 0 when no worker has a limit."""
+    fingerprint: str
+    """Like ``dask-w2-t2-m4G``: only ``[A-Za-z0-9._-]``, safe inside a plan-store key."""
+
+
+def _distributed() -> Any:
+    """The ``distributed`` module, imported on first use."""
+    try:
+        return importlib.import_module("distributed")
+    except ImportError as exc:
+        msg = f"backend='dask' needs Dask's distributed scheduler, which is not installed: {INSTALL_HINT}"
+        raise DaskUnavailableError(msg) from exc
+
+
+def _active_client(dist: Any) -> Any:
+    try:
+        return dist.get_client()
+    except ValueError as exc:
+        msg = (
+            "backend='dask' runs on the active distributed.Client, and there is none. Start one first: "
+            "`from distributed import Client; client = Client()` for a local cluster, or "
+            '`client = Client("tcp://scheduler:8786")` to join a running one'
+        )
+        raise NoClientError(msg) from exc
+
+
+def _size_tag(n_bytes: int) -> str:
+    if n_bytes <= 0:
+        return "0"
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n_bytes >= 1 << shift:
+            return f"{round(n_bytes / (1 << shift))}{unit}"
+    return str(n_bytes)
+
+
+def _fingerprint(workers: int, threads: int, memory: int) -> str:
+    return f"dask-w{workers}-t{threads}-m{_size_tag(memory)}"
+
+
+def _origin() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _span(start: int, count: int) -> str:
+    return f"item {start}" if count == 1 else f"items {start}..{start + count - 1}"
+
+
+def _pickle_values(values: list[Any], start: int, cannot: str) -> bytes:
+    """Pickle a chunk's items or results, naming the first one that cannot be pickled."""
+    try:
+        return dumps(values)
+    except Exception:
+        for offset, value in enumerate(values):
+            problem = pickle_problem(value)
+            if problem is not None:
+                raise UnpicklableError(cannot.format(index=start + offset, problem=problem)) from None
+        raise
+
+
+def _pickle_chunk(chunk: Sequence[Any], start: int) -> bytes:
+    return _pickle_values(list(chunk), start, "item {index} cannot be sent to the cluster: {problem}")
+
+
+def _run_chunk(start: int, blob: bytes, fn: Callable[[Any], Any], origin: str) -> tuple[bool, bytes]:
+    """Evaluate one pickled chunk on a worker: ``(True, pickled results)`` or ``(False, pickled failure)``.
+
+    A worker in another process is marked as an autopar worker, so a ``.map``
+    nested in the function runs serially there; ``origin`` (the client's host and
+    pid) keeps a threads-only cluster in the client's own process unmarked.
+    """
+    if origin != _origin():
+        mark_worker()
+    func = getattr(fn, "_autopar_raw", fn)  # an @auto_parallel wrapper: call the raw function
+    items = pickle.loads(blob)
+    results: list[Any] = []
+    append = results.append
+    index = start
+    try:
+        for item in items:
+            try:
+                append(func(item))
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too must reach the caller
+                raise ItemFailure.capture(exc, index, item) from None
+            index += 1
+        return True, _pickle_values(results, start, _RESULT_CANNOT)
+    except (ItemFailure, UnpicklableError) as failure:
+        return False, _pickle_failure(failure)
+
+
+def _pickle_failure(failure: BaseException) -> bytes:
+    """Pickle an exception with the standard reducers (see :func:`dumps_exception`:
+    ``distributed`` registers tblib's, which drop ``SystemExit.code`` and the like)."""
+    try:
+        blob = dumps_exception(failure)
+        pickle.loads(blob)
+    except Exception:  # noqa: BLE001 - any failure to round-trip: let tblib's reducers try
+        return pickle.dumps(failure, pickle.HIGHEST_PROTOCOL)
+    return blob
+
+
+_RESULT_CANNOT = "the result of item {index} cannot be sent back from the worker: {problem}"
+
+
+def _translate_failure(payload: bytes, start: int, count: int) -> BaseException:
+    """The exception the caller sees for a chunk whose function raised."""
+    try:
+        failure = pickle.loads(payload)
+    except Exception as exc:  # noqa: BLE001 - any failure to rebuild the exception here
+        msg = f"{_span(start, count)} raised an exception that cannot be unpickled here: {type(exc).__name__}: {exc}"
+        return UnpicklableError(msg)
+    if not isinstance(failure, ItemFailure):  # an UnpicklableError naming a result
+        return failure  # type: ignore[no-any-return]
+    original = failure.exc
+    original.__cause__ = RemoteTraceback(failure.tb)
+    add_note(original, f"autopar: raised while processing item {failure.index}: {failure.item_repr}")
+    return original
+
+
+@dataclass
+class _Chunk:
+    start: int
+    count: int
+    future: Any
+    data: Any = None
+    """The scattered chunk's future, for a chunk too big to ride in the graph."""
+
+
+class _DaskRun:
+    """One ``map`` or ``imap`` call: submit chunks, receive them, cancel the rest on failure."""
+
+    def __init__(self, client: Any, func: Callable[[Any], Any], timeout: float | None) -> None:
+        self._dist = _distributed()
+        self.client = client
+        self.origin = _origin()
+        name = re.sub(r"[^A-Za-z0-9_]", "_", getattr(func, "__name__", type(func).__name__))[:40]
+        self.prefix = f"autopar-{name}"
+        self.pending: dict[str, _Chunk] = {}
+        # Results are fetched by Dask's event loop as tasks finish; ``timeout`` is a
+        # deadline for the whole call, counted from here.
+        self.completed = self._dist.as_completed(
+            loop=client.loop, with_results=True, raise_errors=False, timeout=timeout
+        )
+        try:
+            blob = dumps(func)
+        except Exception as exc:
+            msg = f"the function cannot be sent to the cluster: {type(exc).__name__}: {exc}"
+            raise UnpicklableError(msg) from exc
+        self.func: Any = func
+        self._func_future: Any = None
+        if len(blob) > SCATTER_FUNC_BYTES:
+            self._func_future = client.scatter(func, broadcast=True, hash=False)
+            self.func = self._func_future
+
+    def submit(self, chunks: Iterable[tuple[int, bytes, int]]) -> None:
+        """Submit pickled chunks ``(start, blob, count)``, one task each, in few graph messages."""
+        batch: list[tuple[int, bytes, int]] = []
+        size = 0
+        for chunk in chunks:
+            if batch and size + len(chunk[1]) > BATCH_BYTES:
+                self._submit_batch(batch)
+                batch, size = [], 0
+            batch.append(chunk)
+            size += len(chunk[1]) if len(chunk[1]) <= INLINE_CHUNK_BYTES else 0
+        if batch:
+            self._submit_batch(batch)
+
+    def _submit_batch(self, batch: list[tuple[int, bytes, int]]) -> None:
+        big = [i for i, (_, blob, _) in enumerate(batch) if len(blob) > INLINE_CHUNK_BYTES]
+        args: list[Any] = [blob for _, blob, _ in batch]
+        if big:
+            for i, future in zip(big, self.client.scatter([args[i] for i in big], hash=False), strict=True):
+                args[i] = future
+        keys = [f"{self.prefix}-{uuid.uuid4().hex}" for _ in batch]
+        futures = self.client.map(
+            _run_chunk,
+            [start for start, _, _ in batch],
+            args,
+            fn=self.func,
+            origin=self.origin,
+            key=keys,
+            pure=False,
+        )
+        for key, future, arg, (start, _, count) in zip(keys, futures, args, batch, strict=True):
+            self.pending[key] = _Chunk(start, count, future, None if isinstance(arg, bytes) else arg)
+        self.completed.update(futures)
+
+    def receive(self) -> tuple[int, list[Any]]:
+        """The next finished chunk as ``(start, results)``; raises its failure.
+
+        Dask's ``as_completed`` waits in slices of 0.1 s, so Ctrl-C is seen at once.
+        """
+        while True:
+            try:
+                future, result = next(self.completed)
+            except TimeoutError:
+                spans = ", ".join(_span(c.start, c.count) for c in sorted(self.pending.values(), key=_by_start)[:5])
+                msg = f"timed out with {len(self.pending)} chunk(s) unfinished ({spans})"
+                raise TaskTimeoutError(msg) from None
+            chunk = self.pending.pop(future.key, None)
+            if chunk is None:  # pragma: no cover - not a future of this run
+                continue
+            try:
+                return chunk.start, self._unpack(chunk, future, result)
+            finally:
+                # Forget the task now, whatever Python objects still hold its future
+                # (a traceback, the caller's frame): the scheduler then drops it.
+                future.release()
+                if chunk.data is not None:
+                    chunk.data.release()
+
+    def _unpack(self, chunk: _Chunk, future: Any, result: Any) -> list[Any]:
+        span = _span(chunk.start, chunk.count)
+        if future.status == "error":
+            _, exc, tb = result
+            if isinstance(exc, self._dist.KilledWorker):
+                msg = (
+                    f"Dask gave up on {span}: {exc.allowed_failures + 1} workers died while running them "
+                    f"(distributed.scheduler.allowed-failures is {exc.allowed_failures})"
+                )
+                raise WorkerCrashedError(msg) from exc
+            add_note(exc, f"autopar: Dask could not run {span}")
+            raise exc.with_traceback(tb)
+        if future.cancelled():
+            err = result if isinstance(result, BaseException) else self._dist.CancelledError(future.key)
+            add_note(
+                err, f"autopar: the task for {span} was cancelled outside autopar (client closed, scheduler lost?)"
+            )
+            raise err
+        ok, payload = result
+        if not ok:
+            raise _translate_failure(payload, chunk.start, chunk.count)
+        try:
+            values: list[Any] = pickle.loads(payload)
+        except Exception as exc:
+            msg = f"the results of {span} cannot be unpickled here: {type(exc).__name__}: {exc}"
+            raise UnpicklableError(msg) from exc
+        return values
+
+    def close(self, *, abort: bool) -> None:
+        """Release the shared function; after a failure, cancel every unfinished chunk first."""
+        futures = [c.future for c in self.pending.values()]
+        futures += [c.data for c in self.pending.values() if c.data is not None]
+        self.pending.clear()
+        if self._func_future is not None:
+            futures.append(self._func_future)
+            self._func_future = None
+        if abort and futures:
+            with contextlib.suppress(Exception):  # a client already gone has nothing left to cancel
+                self.client.cancel(futures)
+        for future in futures:
+            with contextlib.suppress(Exception):
+                future.release()
+
+
+def _by_start(chunk: _Chunk) -> int:
+    return chunk.start
+
+
+def _chunks(items: Sequence[Any], start: int, chunksize: int) -> Iterator[tuple[int, bytes, int]]:
+    for first in range(start, len(items), chunksize):
+        chunk = items[first : first + chunksize]
+        yield first, _pickle_chunk(chunk, first), len(chunk)
+
+
+def _stream_chunks(source: Iterator[Any], offset: int, chunksize: int) -> Iterator[tuple[int, list[Any]]]:
+    first = offset
+    while chunk := list(itertools.islice(source, chunksize)):
+        yield first, chunk
+        first += len(chunk)
+
+
+class DaskBackend:
+    """Runs chunks as tasks on a ``distributed`` cluster, through its ``Client``.
+
+    ``n_jobs`` does not limit ``map``: every chunk is submitted at once and Dask's
+    scheduler hands them to worker threads as they free up (queuing them on the
+    scheduler, not the workers), which is both the fastest and what Dask users
+    expect. For ``imap`` it bounds read-ahead: ``n_jobs * STREAM_CHUNKS_PER_THREAD``
+    chunks in flight. Pass the cluster's thread count (:meth:`cluster`).
+    """
+
+    name = "dask"
+
+    def __init__(self, client: Any = None) -> None:
+        dist = _distributed()
+        self.client: Any = _active_client(dist) if client is None else client
+
+    # -- the cluster and its costs -----------------------------------------------------
+
+    def cluster(self) -> ClusterInfo:
+        """Workers, threads and memory as the scheduler reports them (within
+        :data:`CLUSTER_INFO_TTL_S`: asking costs a round trip, ~1 ms, per ``.map``)."""
+        key = id(self.client)
+        now = time.monotonic()
+        cached = _cluster_info.get(key)
+        if cached is not None and now - cached[0] < CLUSTER_INFO_TTL_S and cached[1] is self.client:
+            return cached[2]
+        info = self._ask_cluster()
+        _cluster_info[key] = (now, self.client, info)
+        return info
+
+    def _ask_cluster(self) -> ClusterInfo:
+        scheduler_info = self.client.scheduler_info
+        try:
+            every_worker = "n_workers" in inspect.signature(scheduler_info).parameters
+        except (TypeError, ValueError):  # pragma: no cover - an exotic client
+            every_worker = False
+        # Some releases list only the first few workers unless asked for all; older
+        # ones have no such argument.
+        info: dict[str, Any] = scheduler_info(n_workers=-1) if every_worker else scheduler_info()
+        workers: dict[str, Any] = info.get("workers") or {}
+        if workers:
+            n_workers = len(workers)
+            threads = sum(int(w.get("nthreads", 0)) for w in workers.values())
+            limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+            limited = [m for m in limits if m > 0]
+            memory = min(limited) if limited else 0
+        else:  # an asynchronous client's cached summary has totals only
+            n_workers = int(info.get("n_workers", 0))
+            threads = int(info.get("total_threads", 0))
+            memory = int(info.get("total_memory", 0)) // n_workers if n_workers else 0
+        return ClusterInfo(n_workers, threads, memory, _fingerprint(n_workers, threads, memory))
+
+    def measure_costs(self) -> Costs:
+        """Per-task overhead and per-byte transfer cost on this cluster, measured once per fingerprint.
+
+        Chunks of no-op work travel exactly as real chunks do (pickled, through
+        :func:`_run_chunk`, results gathered), in batches of :data:`PROBE_BATCH`
+        so the cost per task includes the scheduler's share, not only latency.
+        Starting workers costs nothing: the cluster is already running.
+        """
+        fingerprint = self.cluster().fingerprint
+        cached = _costs.get(fingerprint)
+        if cached is not None:
+            return cached
+        origin = _origin()
+        blobs = {"noop": dumps([None]), "payload": dumps([os.urandom(PROBE_PAYLOAD_BYTES)])}
+
+        def round_trip(kind: str, tasks: int) -> float:
+            began = time.perf_counter()
+            futures = self.client.map(
+                _run_chunk,
+                [0] * tasks,
+                [blobs[kind]] * tasks,
+                fn=echo,
+                origin=origin,
+                key=[f"autopar-probe-{uuid.uuid4().hex}" for _ in range(tasks)],
+                pure=False,
+            )
+            replies = self.client.gather(futures)
+            elapsed = time.perf_counter() - began
+            if not all(ok for ok, _ in replies):  # pragma: no cover - echo cannot fail
+                raise AutoparError("the cost probe failed on the cluster")
+            return elapsed
+
+        round_trip("noop", PROBE_BATCH)  # warm-up: workers import autopar, learn the function
+        per_task = statistics.median(round_trip("noop", PROBE_BATCH) for _ in range(PROBE_ROUNDS)) / PROBE_BATCH
+        single = statistics.median(round_trip("noop", 1) for _ in range(PROBE_PAYLOAD_ROUNDS))
+        loaded = statistics.median(round_trip("payload", 1) for _ in range(PROBE_PAYLOAD_ROUNDS))
+        byte_s = max(MIN_BYTE_S, (loaded - single) / (2 * PROBE_PAYLOAD_BYTES))
+        costs = Costs(worker_start_s=0.0, chunk_s=per_task, byte_s=byte_s, measured=True)
+        _costs[fingerprint] = costs
+        return costs
+
+    # -- running -----------------------------------------------------------------------
+
+    def map(
+        self,
+        func: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        start: int,
+        n_jobs: int,
+        chunksize: int,
+        timeout: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Any]:
+        """Results of ``func`` on ``items[start:]``, in order: one task per chunk of ``chunksize``.
+
+        ``progress`` is called with the number of items in each finished chunk. On
+        any failure, Ctrl-C included, every unfinished chunk is cancelled first.
+        """
+        total = len(items) - start
+        if total <= 0:
+            return []
+        chunks = _chunks(items, start, max(1, chunksize))
+        first = next(chunks)  # an unpicklable first item fails before anything is sent
+        results: list[Any] = [None] * total
+        run = _DaskRun(self.client, func, timeout)
+        abort = True
+        try:
+            run.submit(itertools.chain([first], chunks))
+            while run.pending:
+                begin, values = run.receive()
+                results[begin - start : begin - start + len(values)] = values
+                if progress is not None:
+                    progress(len(values))
+            abort = False
+        finally:
+            run.close(abort=abort)
+        return results
+
+    def imap(
+        self,
+        func: Callable[[Any], Any],
+        source: Iterator[Any],
+        *,
+        offset: int,
+        n_jobs: int,
+        chunksize: int,
+        ordered: bool,
+        timeout: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[Any]:
+        """Stream results, reading ``source`` (whose first index is ``offset``) a few chunks ahead."""
+        chunks = _stream_chunks(source, offset, max(1, chunksize))
+        return self._imap(func, chunks, max(1, n_jobs), ordered, timeout, progress)
+
+    def _imap(
+        self,
+        func: Callable[[Any], Any],
+        chunks: Iterator[tuple[int, list[Any]]],
+        n_jobs: int,
+        ordered: bool,
+        timeout: float | None,
+        progress: Callable[[int], None] | None,
+    ) -> Iterator[Any]:
+        in_flight_cap = n_jobs * STREAM_CHUNKS_PER_THREAD
+        held_cap = in_flight_cap + n_jobs * STREAM_BUFFER_PER_THREAD
+        held: dict[int, list[Any]] = {}
+        order: collections.deque[int] = collections.deque()  # starts, in submission order
+        exhausted = False
+        run = _DaskRun(self.client, func, timeout)
+        abort = True
+        try:
+            while True:
+                while not exhausted and len(run.pending) < in_flight_cap and len(run.pending) + len(held) < held_cap:
+                    nxt = next(chunks, None)
+                    if nxt is None:
+                        exhausted = True
+                        break
+                    first, chunk = nxt
+                    run.submit([(first, _pickle_chunk(chunk, first), len(chunk))])
+                    if ordered:
+                        order.append(first)
+                if not run.pending and not held:
+                    break
+                if run.pending:
+                    first, values = run.receive()
+                    if progress is not None:
+                        progress(len(values))
+                    if not ordered:
+                        yield from values
+                        continue
+                    held[first] = values
+                while order and order[0] in held:
+                    yield from held.pop(order.popleft())
+            abort = False
+        finally:
+            run.close(abort=abort)
