@@ -29,8 +29,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench,dask]"
 	$(BIN)/python benchmarks/compare.py
+	$(BIN)/python benchmarks/cluster.py
 
 bench-overhead: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
