@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import collections
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Any, Protocol
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "Run", "stream"]
 
 
 class Backend(Protocol):
@@ -37,3 +38,56 @@ class Backend(Protocol):
     ) -> Iterator[Any]:
         """Results of ``func`` on the rest of ``source`` (whose first index is ``offset``)."""
         ...
+
+
+class Run(Protocol):
+    """One call's in-flight chunks on a backend: what :func:`stream` drives."""
+
+    @property
+    def pending(self) -> Sized:
+        """Chunks submitted and not yet received."""
+        ...
+
+    def receive(self) -> tuple[int, list[Any]]:
+        """The next finished chunk as ``(start, results)``; raises its failure."""
+        ...
+
+
+def stream(
+    run: Run,
+    submit: Callable[[int, Sequence[Any]], None],
+    chunks: Iterable[tuple[int, Sequence[Any]]],
+    *,
+    in_flight: int,
+    held: int,
+    ordered: bool,
+    progress: Callable[[int], None] | None,
+) -> Iterator[Any]:
+    """Results of ``chunks`` as they finish (``ordered``: in input order), reading the
+    input only while fewer than ``in_flight`` chunks are out and fewer than ``held``
+    are out or waiting for an earlier one: an endless input is never read ahead."""
+    chunk_iter = iter(chunks)
+    done: dict[int, list[Any]] = {}
+    order: collections.deque[int] = collections.deque()  # starts, in submission order
+    exhausted = False
+    while True:
+        while not exhausted and len(run.pending) < in_flight and len(run.pending) + len(done) < held:
+            nxt = next(chunk_iter, None)
+            if nxt is None:
+                exhausted = True
+                break
+            submit(nxt[0], nxt[1])
+            if ordered:
+                order.append(nxt[0])
+        if not len(run.pending) and not done:
+            return
+        if len(run.pending):
+            first, values = run.receive()
+            if progress is not None:
+                progress(len(values))
+            if not ordered:
+                yield from values
+                continue
+            done[first] = values
+        while order and order[0] in done:
+            yield from done.pop(order.popleft())

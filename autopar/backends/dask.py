@@ -35,7 +35,6 @@ never pays its ~0.5 s import.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import importlib
 import inspect
@@ -65,6 +64,7 @@ from ..notes import add_note
 from ..serialization import dumps, pickle_problem
 from ..system import mark_worker
 from ._worker import ItemFailure, dumps_exception, echo
+from .base import stream
 
 __all__ = [
     "INSTALL_HINT",
@@ -545,36 +545,18 @@ class DaskBackend:
         timeout: float | None,
         progress: Callable[[int], None] | None,
     ) -> Iterator[Any]:
-        in_flight_cap = n_jobs * STREAM_CHUNKS_PER_THREAD
-        held_cap = in_flight_cap + n_jobs * STREAM_BUFFER_PER_THREAD
-        held: dict[int, list[Any]] = {}
-        order: collections.deque[int] = collections.deque()  # starts, in submission order
-        exhausted = False
         run = _DaskRun(self.client, func, timeout)
         abort = True
         try:
-            while True:
-                while not exhausted and len(run.pending) < in_flight_cap and len(run.pending) + len(held) < held_cap:
-                    nxt = next(chunks, None)
-                    if nxt is None:
-                        exhausted = True
-                        break
-                    first, chunk = nxt
-                    run.submit([(first, _pickle_chunk(chunk, first), len(chunk))])
-                    if ordered:
-                        order.append(first)
-                if not run.pending and not held:
-                    break
-                if run.pending:
-                    first, values = run.receive()
-                    if progress is not None:
-                        progress(len(values))
-                    if not ordered:
-                        yield from values
-                        continue
-                    held[first] = values
-                while order and order[0] in held:
-                    yield from held.pop(order.popleft())
+            yield from stream(
+                run,
+                lambda first, chunk: run.submit([(first, _pickle_chunk(chunk, first), len(chunk))]),
+                chunks,
+                in_flight=n_jobs * STREAM_CHUNKS_PER_THREAD,
+                held=n_jobs * (STREAM_CHUNKS_PER_THREAD + STREAM_BUFFER_PER_THREAD),
+                ordered=ordered,
+                progress=progress,
+            )
             abort = False
         finally:
             run.close(abort=abort)

@@ -19,7 +19,6 @@ caller. A failed pool is never reused.
 from __future__ import annotations
 
 import atexit
-import collections
 import functools
 import itertools
 import logging
@@ -39,6 +38,7 @@ from ..notes import add_note
 from ..serialization import dumps
 from ..system import usable_cpus
 from ._worker import SLOT_FIELDS, ItemFailure, init_worker, run_chunk
+from .base import stream
 
 __all__ = ["POOL_IDLE_TIMEOUT_S", "PoolRun", "ProcessBackend", "WarmPools", "shutdown"]
 
@@ -378,36 +378,18 @@ class ProcessBackend:
         deadline: float | None,
         progress: Callable[[int], None] | None,
     ) -> Iterator[Any]:
-        in_flight_cap = n_jobs * STREAM_CHUNKS_PER_WORKER
-        held_cap = in_flight_cap + n_jobs * STREAM_BUFFER_PER_WORKER
-        chunk_iter = iter(chunks)
-        held: dict[int, list[Any]] = {}
-        order: collections.deque[int] = collections.deque()  # starts, in submission order
-        exhausted = False
         run = self.open(n_jobs, deadline=deadline)
         abort = True
         try:
-            while True:
-                while not exhausted and len(run.pending) < in_flight_cap and (len(run.pending) + len(held) < held_cap):
-                    nxt = next(chunk_iter, None)
-                    if nxt is None:
-                        exhausted = True
-                        break
-                    run.submit(func, nxt[0], nxt[1])
-                    if ordered:
-                        order.append(nxt[0])
-                if not run.pending and not held:
-                    break
-                if run.pending:
-                    first, values = run.receive()
-                    if progress is not None:
-                        progress(len(values))
-                    if not ordered:
-                        yield from values
-                        continue
-                    held[first] = values
-                while order and order[0] in held:
-                    yield from held.pop(order.popleft())
+            yield from stream(
+                run,
+                functools.partial(run.submit, func),
+                chunks,
+                in_flight=n_jobs * STREAM_CHUNKS_PER_WORKER,
+                held=n_jobs * (STREAM_CHUNKS_PER_WORKER + STREAM_BUFFER_PER_WORKER),
+                ordered=ordered,
+                progress=progress,
+            )
             abort = False
         finally:
             run.close(abort=abort)
