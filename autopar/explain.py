@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import ProcessBackend, SerialBackend
+from .model import format_seconds
 from .plan import Plan
 from .planner import Options, make_plan
 from .serialization import ShippedFunction, pickle_problem
@@ -30,14 +31,6 @@ __all__ = ["Explanation", "RunStats", "explain"]
 
 #: Rows of the candidate table shown in ``str()`` (all of them are in ``to_dict()``).
 _SHOWN_CANDIDATES = 12
-
-
-def _fmt_s(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.1f} us"
 
 
 def _fmt_b(size: float | None) -> str:
@@ -132,14 +125,14 @@ class Explanation:
         method = self.profile["system"]["start_method"]
         lines = [
             f"autopar explain: {self.function} over {self.n_items:,} items",
-            f"measured ({s['n_timed']} items timed): {_fmt_s(s['mean_s'])} per item "
-            f"(median {_fmt_s(s['median_s'])}, spread cv {cv}), CPU {100 * s['cpu_fraction']:.0f} % of wall",
+            f"measured ({s['n_timed']} items timed): {format_seconds(s['mean_s'])} per item "
+            f"(median {format_seconds(s['median_s'])}, spread cv {cv}), CPU {100 * s['cpu_fraction']:.0f} % of wall",
             f"transfer per item: {_fmt_b(s['in_bytes'])} in, {_fmt_b(s['out_bytes'])} out; "
-            f"pickling {_fmt_s(s['pickle_s'])}",
+            f"pickling {format_seconds(s['pickle_s'])}",
             f"machine costs ({method}, {'measured' if c['measured'] else 'built-in priors'}): worker start "
-            f"{_fmt_s(c['worker_start_s'])}, chunk round trip {_fmt_s(c['chunk_s'])}, "
+            f"{format_seconds(c['worker_start_s'])}, chunk round trip {format_seconds(c['chunk_s'])}, "
             f"{c['byte_s'] * 1e9:.2f} ns per byte",
-            f"predictions (serial loop {_fmt_s(self.serial_s)}):",
+            f"predictions (serial loop {format_seconds(self.serial_s)}):",
             "  workers  chunksize    predicted   speedup",
         ]
         considered = sorted(self.profile.get("considered", []), key=lambda x: x["predicted_s"])
@@ -147,7 +140,7 @@ class Explanation:
             chosen = p.executor == "process" and (cand["n_jobs"], cand["chunksize"]) == (p.n_jobs, p.chunksize)
             speedup = self.serial_s / cand["predicted_s"] if cand["predicted_s"] > 0 else 0.0
             lines.append(
-                f"  {cand['n_jobs']:>7}  {cand['chunksize']:>9}  {_fmt_s(cand['predicted_s']):>11}  "
+                f"  {cand['n_jobs']:>7}  {cand['chunksize']:>9}  {format_seconds(cand['predicted_s']):>11}  "
                 f"{speedup:>7.2f}x{'  <- chosen' if chosen else ''}"
             )
         if len(considered) > _SHOWN_CANDIDATES:
@@ -163,9 +156,12 @@ class Explanation:
             if run is not None:
                 predicted = self.profile["predicted_s"]
                 off = 100.0 * (run.wall_s - predicted) / predicted if predicted > 0 else 0.0
-                lines.append(f"  chosen plan: wall {_fmt_s(run.wall_s)} (predicted {_fmt_s(predicted)}, {off:+.0f} %)")
+                lines.append(
+                    f"  chosen plan: wall {format_seconds(run.wall_s)} "
+                    f"(predicted {format_seconds(predicted)}, {off:+.0f} %)"
+                )
                 if run.busy_s:
-                    busy = ", ".join(f"pid {pid} {_fmt_s(b)}" for pid, b in sorted(run.busy_s.items()))
+                    busy = ", ".join(f"pid {pid} {format_seconds(b)}" for pid, b in sorted(run.busy_s.items()))
                     lines.append(f"  worker busy time: {busy}; overhead share {100 * run.overhead_share:.1f} %")
             measured = self.measured_speedups()
             predicted_by_n = self.predicted_speedups()

@@ -27,6 +27,7 @@ __all__ = [
     "Decision",
     "Workload",
     "choose_plan",
+    "format_seconds",
     "memory_needed",
     "predict_parallel",
     "worker_limit",
@@ -211,7 +212,8 @@ def _chunk_candidates(n_items: int | None, n_jobs: int, item_s: float) -> Iterat
             yield max(1, min(cap, math.ceil(n_items / (n_jobs * per_worker))))
 
 
-def _fmt_s(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """``1.23 s``, ``4.5 ms`` or ``67.8 us``: the unit every reason and report uses."""
     if seconds >= 1:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
@@ -312,9 +314,9 @@ def choose_plan(
     if speedup < MIN_SPEEDUP:
         start = choice.n_jobs * costs.worker_start_s
         return serial(
-            f"serial: {effective_n} items x {_fmt_s(t)} = {_fmt_s(serial_s)} of work; "
-            f"the best parallel plan ({choice.n_jobs} workers, {_fmt_s(start)} to start them) "
-            f"was predicted at {_fmt_s(choice.predicted_s)}, a {speedup:.2f}x speedup, "
+            f"serial: {effective_n} items x {format_seconds(t)} = {format_seconds(serial_s)} of work; "
+            f"the best parallel plan ({choice.n_jobs} workers, {format_seconds(start)} to start them) "
+            f"was predicted at {format_seconds(choice.predicted_s)}, a {speedup:.2f}x speedup, "
             f"below the {MIN_SPEEDUP}x needed",
             candidates,
         )
@@ -334,7 +336,7 @@ def choose_plan(
         choice.predicted_s,
         serial_s,
         f"{choice.n_jobs} workers, chunks of {choice.chunksize}: predicted {speedup:.2f}x "
-        f"faster than the serial loop ({_fmt_s(choice.predicted_s)} vs {_fmt_s(serial_s)}){waits}",
+        f"faster than the serial loop ({format_seconds(choice.predicted_s)} vs {format_seconds(serial_s)}){waits}",
         candidates,
         tuple(considered),
         warnings,

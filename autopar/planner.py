@@ -23,7 +23,15 @@ from warnings import warn
 from ._version import CACHE_FORMAT
 from .calibration import load_or_measure_costs
 from .errors import AutoparWarning
-from .model import STREAM_ASSUMED_ITEMS, Costs, Decision, Workload, choose_plan, prior_costs
+from .model import (
+    STREAM_ASSUMED_ITEMS,
+    Costs,
+    Decision,
+    Workload,
+    choose_plan,
+    format_seconds,
+    prior_costs,
+)
 from .plan import Plan, plan_record, read_plan_record, serial_plan, stale_reason
 from .sampling import Sampler
 from .serialization import pickle_problem
@@ -466,7 +474,10 @@ def learn(
         executor, n_jobs, chunksize = "serial", 1, 1  # it ran slower than the loop would have
     if executor == "process" and ship_problem is not None and ship_problem() is not None:
         return None  # it cannot go to workers; it stays serial
-    observed = f"{n_run} items ran in {_fmt(wall_s)} ({_fmt(item_s)} per item; the sample said {_fmt(sampled_s)})"
+    observed = (
+        f"{n_run} items ran in {format_seconds(wall_s)} ({format_seconds(item_s)} per item; "
+        f"the sample said {format_seconds(sampled_s)})"
+    )
     if executor == "serial":
         reason = f"serial, learned from a run: {observed}"
         speedup = 1.0
@@ -506,11 +517,3 @@ def learn(
         start_method=system.start_method,
         learned=learned,
     )
-
-
-def _fmt(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.1f} us"
