@@ -159,7 +159,7 @@ def _read_hint(store: PlanStore, key: str) -> int | None:
 def _write_hint(store: PlanStore, plan_key_: str, tbucket: int | None, name: str, ttl: float) -> None:
     key = _hint_key(plan_key_)
     if tbucket is None:
-        if _hints.get(key, 0) is not None:
+        if _hints.get(key) is not None:  # only a hint known to exist costs a write to drop
             store.delete(key)
         _hints[key] = None
         return
