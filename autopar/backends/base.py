@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Any, Protocol
 
-__all__ = ["Backend", "Run", "stream"]
+__all__ = ["Backend", "Run", "span", "stream", "stream_chunks"]
 
 
 class Backend(Protocol):
@@ -91,3 +92,16 @@ def stream(
             done[first] = values
         while order and order[0] in done:
             yield from done.pop(order.popleft())
+
+
+def span(start: int, count: int) -> str:
+    """``item 7`` or ``items 7..9``: how errors name a chunk's items."""
+    return f"item {start}" if count == 1 else f"items {start}..{start + count - 1}"
+
+
+def stream_chunks(source: Iterator[Any], offset: int, chunksize: int) -> Iterator[tuple[int, list[Any]]]:
+    """``(first index, items)`` chunks read from ``source`` only as they are asked for."""
+    first = offset
+    while chunk := list(itertools.islice(source, chunksize)):
+        yield first, chunk
+        first += len(chunk)

@@ -64,7 +64,7 @@ from ..notes import add_note
 from ..serialization import dumps, pickle_problem
 from ..system import mark_worker
 from ._worker import ItemFailure, dumps_exception, echo
-from .base import stream
+from .base import span, stream, stream_chunks
 
 __all__ = [
     "INSTALL_HINT",
@@ -161,10 +161,6 @@ def _origin() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _span(start: int, count: int) -> str:
-    return f"item {start}" if count == 1 else f"items {start}..{start + count - 1}"
-
-
 def _pickle_values(values: list[Any], start: int, cannot: str) -> bytes:
     """Pickle a chunk's items or results, naming the first one that cannot be pickled."""
     try:
@@ -226,7 +222,7 @@ def _translate_failure(payload: bytes, start: int, count: int) -> BaseException:
     try:
         failure = pickle.loads(payload)
     except Exception as exc:  # noqa: BLE001 - any failure to rebuild the exception here
-        msg = f"{_span(start, count)} raised an exception that cannot be unpickled here: {type(exc).__name__}: {exc}"
+        msg = f"{span(start, count)} raised an exception that cannot be unpickled here: {type(exc).__name__}: {exc}"
         return UnpicklableError(msg)
     if not isinstance(failure, ItemFailure):  # an UnpicklableError naming a result
         return failure  # type: ignore[no-any-return]
@@ -313,7 +309,7 @@ class _DaskRun:
             try:
                 future, result = next(self.completed)
             except TimeoutError:
-                spans = ", ".join(_span(c.start, c.count) for c in sorted(self.pending.values(), key=_by_start)[:5])
+                spans = ", ".join(span(c.start, c.count) for c in sorted(self.pending.values(), key=_by_start)[:5])
                 msg = f"timed out with {len(self.pending)} chunk(s) unfinished ({spans})"
                 raise TaskTimeoutError(msg) from None
             chunk = self.pending.pop(future.key, None)
@@ -329,21 +325,21 @@ class _DaskRun:
                     chunk.data.release()
 
     def _unpack(self, chunk: _Chunk, future: Any, result: Any) -> list[Any]:
-        span = _span(chunk.start, chunk.count)
+        where = span(chunk.start, chunk.count)
         if future.status == "error":
             _, exc, tb = result
             if isinstance(exc, self._dist.KilledWorker):
                 msg = (
-                    f"Dask gave up on {span}: {exc.allowed_failures + 1} workers died while running them "
+                    f"Dask gave up on {where}: {exc.allowed_failures + 1} workers died while running them "
                     f"(distributed.scheduler.allowed-failures is {exc.allowed_failures})"
                 )
                 raise WorkerCrashedError(msg) from exc
-            add_note(exc, f"autopar: Dask could not run {span}")
+            add_note(exc, f"autopar: Dask could not run {where}")
             raise exc.with_traceback(tb)
         if future.cancelled():
             err = result if isinstance(result, BaseException) else self._dist.CancelledError(future.key)
             add_note(
-                err, f"autopar: the task for {span} was cancelled outside autopar (client closed, scheduler lost?)"
+                err, f"autopar: the task for {where} was cancelled outside autopar (client closed, scheduler lost?)"
             )
             raise err
         ok, payload = result
@@ -352,7 +348,7 @@ class _DaskRun:
         try:
             values: list[Any] = pickle.loads(payload)
         except Exception as exc:
-            msg = f"the results of {span} cannot be unpickled here: {type(exc).__name__}: {exc}"
+            msg = f"the results of {where} cannot be unpickled here: {type(exc).__name__}: {exc}"
             raise UnpicklableError(msg) from exc
         return values
 
@@ -382,11 +378,6 @@ def _chunks(items: Sequence[Any], start: int, chunksize: int) -> Iterator[tuple[
         yield first, _pickle_chunk(chunk, first), len(chunk)
 
 
-def _stream_chunks(source: Iterator[Any], offset: int, chunksize: int) -> Iterator[tuple[int, list[Any]]]:
-    first = offset
-    while chunk := list(itertools.islice(source, chunksize)):
-        yield first, chunk
-        first += len(chunk)
 
 
 class DaskBackend:
@@ -533,7 +524,7 @@ class DaskBackend:
         progress: Callable[[int], None] | None = None,
     ) -> Iterator[Any]:
         """Stream results, reading ``source`` (whose first index is ``offset``) a few chunks ahead."""
-        chunks = _stream_chunks(source, offset, max(1, chunksize))
+        chunks = stream_chunks(source, offset, max(1, chunksize))
         return self._imap(func, chunks, max(1, n_jobs), ordered, timeout, progress)
 
     def _imap(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import itertools
 import logging
 import multiprocessing
 import multiprocessing.pool
@@ -38,7 +37,7 @@ from ..notes import add_note
 from ..serialization import dumps
 from ..system import usable_cpus
 from ._worker import SLOT_FIELDS, ItemFailure, init_worker, run_chunk
-from .base import stream
+from .base import span, stream, stream_chunks
 
 __all__ = ["POOL_IDLE_TIMEOUT_S", "PoolRun", "ProcessBackend", "WarmPools", "shutdown"]
 
@@ -74,10 +73,6 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
-
-
-def _span(start: int, count: int) -> str:
-    return f"item {start}" if count == 1 else f"items {start}..{start + count - 1}"
 
 
 def _pickle_chunk(chunk: Sequence[Any], start: int) -> bytes:
@@ -194,14 +189,14 @@ class PoolRun:
             try:
                 return start, pickle.loads(payload)
             except Exception as exc:
-                msg = f"the results of {_span(start, count)} cannot be unpickled here: {type(exc).__name__}: {exc}"
+                msg = f"the results of {span(start, count)} cannot be unpickled here: {type(exc).__name__}: {exc}"
                 raise UnpicklableError(msg) from exc
 
     def _held(self, pid: int | None) -> str:
         raw = self._slots.get_obj()
         for base in range(1, len(raw) - SLOT_FIELDS + 1, SLOT_FIELDS):
             if raw[base] == pid and raw[base + 2] > 0:
-                return f"it held {_span(raw[base + 1], raw[base + 2])}"
+                return f"it held {span(raw[base + 1], raw[base + 2])}"
         return "it held no chunk"
 
     def _check(self) -> None:
@@ -219,7 +214,7 @@ class PoolRun:
             msg = "multiprocessing's result thread died; results in flight are lost"
             raise WorkerCrashedError(msg)
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            spans = ", ".join(_span(s, c) for s, c in sorted(self.pending.items())[:5])
+            spans = ", ".join(span(s, c) for s, c in sorted(self.pending.items())[:5])
             msg = f"timed out with {len(self.pending)} chunk(s) unfinished ({spans})"
             raise TaskTimeoutError(msg)
 
@@ -234,9 +229,9 @@ class PoolRun:
         if isinstance(exc, UnpicklableError):
             return exc
         if isinstance(exc, _MaybeEncodingError):
-            msg = f"a result of {_span(start, count)} cannot be sent back from the worker: {exc.args[0]}"
+            msg = f"a result of {span(start, count)} cannot be sent back from the worker: {exc.args[0]}"
         else:
-            msg = f"{_span(start, count)} could not be run in a worker: {type(exc).__name__}: {exc}"
+            msg = f"{span(start, count)} could not be run in a worker: {type(exc).__name__}: {exc}"
         err = UnpicklableError(msg)
         err.__cause__ = exc
         return err
@@ -276,14 +271,6 @@ def _chunks(items: Sequence[Any], start: int, chunksize: int) -> Iterator[tuple[
         yield first, items[first : first + chunksize]
 
 
-def _stream_chunks(source: Iterator[Any], offset: int, chunksize: int) -> Iterator[tuple[int, list[Any]]]:
-    first = offset
-    while True:
-        chunk = list(itertools.islice(source, chunksize))
-        if not chunk:
-            return
-        yield first, chunk
-        first += len(chunk)
 
 
 class ProcessBackend:
@@ -367,7 +354,7 @@ class ProcessBackend:
     ) -> Iterator[Any]:
         """Stream results, reading ``source`` only a few chunks ahead of the workers."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._imap(func, _stream_chunks(source, offset, chunksize), n_jobs, ordered, deadline, progress)
+        return self._imap(func, stream_chunks(source, offset, chunksize), n_jobs, ordered, deadline, progress)
 
     def _imap(
         self,
