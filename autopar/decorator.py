@@ -220,7 +220,7 @@ class AutoParallel(Generic[P, R]):
         """Where this call's parallel work runs: ``backend``, else the decorator's."""
         name = self._backend if backend is None else backend
         _check_backend(name)
-        if name != "dask":
+        if name != "dask" or in_worker():  # nested in a worker, a map runs serially anyway
             return Target(name)
         from .backends.dask import DaskBackend  # imports distributed: only when asked for
 
@@ -332,7 +332,6 @@ class AutoParallel(Generic[P, R]):
         """
         _check_positive("n_jobs", n_jobs)
         _check_positive("chunksize", chunksize)
-        _check_backend(self._backend if backend is None else backend)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):
