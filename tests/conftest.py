@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -22,6 +25,36 @@ _INFRASTRUCTURE = ("multiprocessing.forkserver", "multiprocessing.resource_track
 def worker_children() -> list[psutil.Process]:
     """Live child processes of this test run, multiprocessing's infrastructure excluded."""
     return _leftover_children()
+
+
+@dataclass
+class ChildWatch:
+    """What :func:`watch_children` saw: the most children alive at once, and every pid."""
+
+    peak: int = 0
+    seen: set[int] = field(default_factory=set)
+
+
+@contextlib.contextmanager
+def watch_children() -> Iterator[ChildWatch]:
+    """Sample this run's child processes every 5 ms while the block runs."""
+    watch = ChildWatch()
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            children = worker_children()
+            watch.peak = max(watch.peak, len(children))
+            watch.seen.update(p.pid for p in children)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    try:
+        yield watch
+    finally:
+        stop.set()
+        watcher.join()
 
 
 def _leftover_children() -> list[psutil.Process]:

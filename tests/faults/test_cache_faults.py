@@ -8,7 +8,6 @@ import pickle
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -20,7 +19,7 @@ import autopar
 from autopar import CacheWarning
 from autopar.store import PlanStore, get_store
 from tests import workloads
-from tests.conftest import worker_children
+from tests.conftest import watch_children
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -149,23 +148,9 @@ def test_poisoned_plans_are_ignored_or_clamped(poison: dict[str, Any]) -> None:
     record = json.loads(store.get(key) or "{}")
     record["plan"].update(poison)
     store.set(key, json.dumps(record))
-    peak = 0
-    stop = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, len(worker_children()))
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with watch_children() as watch:
         assert f.map(ITEMS) == EXPECTED
-    finally:
-        stop.set()
-        watcher.join()
-    assert peak <= autopar.system.usable_cpus()
+    assert watch.peak <= autopar.system.usable_cpus()
     plan = f.plan(ITEMS)
     assert 1 <= plan.n_jobs <= autopar.system.usable_cpus()
     assert 1 <= plan.chunksize <= autopar.plan.MAX_CHUNKSIZE

@@ -20,7 +20,7 @@ import pytest
 
 from autopar import AutoparError, RemoteTraceback, TaskTimeoutError, UnpicklableError, WorkerCrashedError
 from tests import workloads
-from tests.conftest import worker_children
+from tests.conftest import watch_children
 from tests.faults import faulty
 
 pytestmark = pytest.mark.timeout(60)
@@ -150,26 +150,15 @@ def test_child_import_failure_raises_fast_without_a_fork_storm(method: str) -> N
 
     previous = multiprocessing.get_start_method(allow_none=True)
     multiprocessing.set_start_method(method, force=True)
-    seen: set[int] = set()
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            seen.update(p.pid for p in worker_children())
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
     try:
-        t0 = time.monotonic()
-        with pytest.raises(WorkerCrashedError, match="exited with code 1"):
-            child_import_fails.doubled.map(range(50), **RUN)
-        assert time.monotonic() - t0 < 5
+        with watch_children() as watch:
+            t0 = time.monotonic()
+            with pytest.raises(WorkerCrashedError, match="exited with code 1"):
+                child_import_fails.doubled.map(range(50), **RUN)
+            assert time.monotonic() - t0 < 5
     finally:
-        stop.set()
-        watcher.join()
         multiprocessing.set_start_method(previous, force=True)
-    assert len(seen) <= 2 * RUN["n_jobs"], f"{len(seen)} worker processes started"
+    assert len(watch.seen) <= 2 * RUN["n_jobs"], f"{len(watch.seen)} worker processes started"
 
 
 def test_timeout_on_a_stuck_item_that_ignores_sigterm(start_method: str) -> None:
@@ -187,22 +176,9 @@ def test_timeout_not_reached_gives_results() -> None:
 
 
 def test_nested_map_never_exceeds_workers_plus_one_processes(start_method: str) -> None:
-    peak = 0
-    stop = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, len(worker_children()))
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with watch_children() as watch:
         results = workloads.nested.map(range(60), n_jobs=2, chunksize=3)
-    finally:
-        stop.set()
-        watcher.join()
+    peak = watch.peak
     assert all(flag for flag, _ in results)
     assert peak <= 2, f"{peak} worker processes at once for n_jobs=2"
 
