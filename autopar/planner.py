@@ -131,6 +131,8 @@ class Planned:
     hit: bool | None
     key: str
     options: Options | None = None
+    workload: dict[str, Any] | None = None
+    """What the stored plan was made from (for :func:`learn`, which then needs no read)."""
 
 
 _hints: dict[str, int | None] = {}
@@ -182,7 +184,7 @@ def _lookup(
     keys: list[str],
     system: SystemInfo,
     options: Options,
-) -> tuple[str, Plan] | None:
+) -> tuple[str, Plan, dict[str, Any]] | None:
     now = time.time()
     for key in keys:
         record = read_plan_record(store.get(key), usable_cpus=system.usable_cpus, max_workers=options.max_workers)
@@ -204,7 +206,7 @@ def _lookup(
             start_method=system.start_method,
             learned=record.learned,
         )
-        return key, plan
+        return key, plan, record.workload
     return None
 
 
@@ -289,7 +291,7 @@ def make_plan(
             found = _lookup(store, [key_for(hinted)], system, options)
             if found is not None and found[1].executor == parallel:
                 logger.debug("autopar: heavy items, plan %s used without probing", found[0])
-                return Planned(found[1], sampler, source, True, found[0], options)
+                return Planned(found[1], sampler, source, True, found[0], options, found[2])
 
     exhausted = sampler.run(source, max_items=PROBE_MAX_ITEMS, budget_s=PROBE_BUDGET_S)
     exhausted = exhausted or (n_items is not None and len(sampler.items) >= n_items)
@@ -310,7 +312,7 @@ def make_plan(
         found = _lookup(store, neighbours, system, options)
         if found is not None:
             logger.debug("autopar: plan cache hit for %s: %s", found[0], found[1].reason)
-            return Planned(found[1], sampler, source, True, found[0], options)
+            return Planned(found[1], sampler, source, True, found[0], options, found[2])
 
     estimated_total = (n_items if n_items is not None else STREAM_ASSUMED_ITEMS) * probe_s
     # Only time spent evaluating items counts against the budget: a slow first open
@@ -355,36 +357,33 @@ def make_plan(
     planning_s = time.perf_counter() - t_start
     logger.debug("autopar: planned %s in %.1f ms: %s", key, planning_s * 1e3, reason)
 
+    stored = {
+        "n_items": n_items,
+        "size_bucket": size_bucket(n_items),
+        "time_bucket": tbucket,
+        "item_s": workload.item_s,
+        "cv": workload.cv,
+        "cpu_fraction": workload.cpu_fraction,
+        "in_bytes": workload.in_bytes,
+        "out_bytes": workload.out_bytes,
+        "pickle_s": workload.pickle_s,
+    }
     if options.use_cache and not profile:
-        store.set(
+        _save(
+            store,
             key,
-            plan_record(
-                function=name,
-                executor=executor,
-                n_jobs=n_jobs,
-                chunksize=chunksize,
-                estimated_speedup=speedup,
-                reason=reason,
-                warnings=tuple(warnings),
-                system=system,
-                created=time.time(),
-                workload={
-                    "n_items": n_items,
-                    "size_bucket": size_bucket(n_items),
-                    "time_bucket": tbucket,
-                    "item_s": workload.item_s,
-                    "cv": workload.cv,
-                    "cpu_fraction": workload.cpu_fraction,
-                    "in_bytes": workload.in_bytes,
-                    "out_bytes": workload.out_bytes,
-                    "pickle_s": workload.pickle_s,
-                },
-            ),
-            tag=name,
-            expire=options.ttl,
+            name,
+            options,
+            system,
+            executor=executor,
+            n_jobs=n_jobs,
+            chunksize=chunksize,
+            speedup=speedup,
+            reason=reason,
+            warnings=tuple(warnings),
+            workload=stored,
+            heavy=executor == parallel and workload.item_s >= HEAVY_ITEM_S and n_items is not None,
         )
-        heavy = executor == parallel and workload.item_s >= HEAVY_ITEM_S and n_items is not None
-        _write_hint(store, key, tbucket if heavy else None, name, options.ttl)
     details = None
     if profile:
         details = {
@@ -411,7 +410,42 @@ def make_plan(
         start_method=system.start_method,
         profile=details,
     )
-    return Planned(plan, sampler, source, False, key, options)
+    return Planned(plan, sampler, source, False, key, options, stored)
+
+
+def _save(
+    store: PlanStore,
+    key: str,
+    name: str,
+    options: Options,
+    system: SystemInfo,
+    *,
+    executor: str,
+    n_jobs: int,
+    chunksize: int,
+    speedup: float,
+    reason: str,
+    warnings: tuple[str, ...],
+    workload: dict[str, Any],
+    heavy: bool,
+    learned: int = 0,
+) -> None:
+    """Store a plan, and the hint that lets its heavy items skip the probe (or drop it)."""
+    record = plan_record(
+        function=name,
+        executor=executor,
+        n_jobs=n_jobs,
+        chunksize=chunksize,
+        estimated_speedup=speedup,
+        reason=reason,
+        warnings=warnings,
+        system=system,
+        created=time.time(),
+        workload=workload,
+        learned=learned,
+    )
+    store.set(key, record, tag=name, expire=options.ttl)
+    _write_hint(store, key, int(key.rsplit(":t", 1)[1]) if heavy else None, name, options.ttl)
 
 
 def _workload_from(record: dict[str, Any], n_items: int | None, item_s: float) -> Workload:
@@ -449,25 +483,23 @@ def learn(
     prediction, the model decides again with what was observed and the stored plan
     is replaced (its ``learned`` count says how often). Returns the new plan, or None.
     """
-    options = planned.options
-    plan = planned.plan
-    if options is None or not options.use_cache or planned.hit is None or wall_s < LEARN_MIN_S or n_run <= 0:
+    options, plan, stored = planned.options, planned.plan, planned.workload
+    if options is None or not options.use_cache or planned.hit is None or stored is None:
         return None
-    system = current_system(options.start_method)
-    record = read_plan_record(store.get(planned.key), usable_cpus=system.usable_cpus, max_workers=options.max_workers)
-    if record is None:
+    if wall_s < LEARN_MIN_S or n_run <= 0:
         return None
-    sampled_s = record.workload.get("item_s")
+    sampled_s = stored.get("item_s")
     if not isinstance(sampled_s, (int, float)) or isinstance(sampled_s, bool) or sampled_s <= 0 or item_s <= 0:
         return None
     ratio = item_s / sampled_s
-    predicted_s = n_run * sampled_s / max(record.estimated_speedup, 1e-9) if plan.executor == "process" else 0.0
+    predicted_s = n_run * sampled_s / max(plan.estimated_speedup, 1e-9) if plan.executor == "process" else 0.0
     slow_run = plan.executor == "process" and wall_s > LEARN_WALL_RATIO * predicted_s
     margin = LEARN_RATIO if plan.executor == "serial" else LEARN_RATIO_WORKERS
     if 1 / margin < ratio < margin and not slow_run:
         return None
-    n_items = record.workload.get("n_items")
-    workload = _workload_from(record.workload, n_items if type(n_items) is int else n_run, item_s)
+    system = current_system(options.start_method)
+    n_items = stored.get("n_items")
+    workload = _workload_from(stored, n_items if type(n_items) is int else n_run, item_s)
     decision, _ = _decide(workload, system, options, store)
     executor, n_jobs, chunksize = decision.executor, decision.n_jobs, decision.chunksize
     if plan.executor == "process" and slow_run and wall_s > n_run * min(item_s, sampled_s):
@@ -484,27 +516,23 @@ def learn(
     else:
         reason = f"{n_jobs} workers, chunks of {chunksize}, learned from a run: {observed}"
         speedup = decision.estimated_speedup
-    learned = record.learned + 1
-    store.set(
+    learned = plan.learned + 1
+    _save(
+        store,
         planned.key,
-        plan_record(
-            function=name,
-            executor=executor,
-            n_jobs=n_jobs,
-            chunksize=chunksize,
-            estimated_speedup=speedup,
-            reason=reason,
-            warnings=record.warnings,
-            system=system,
-            created=time.time(),
-            workload={**record.workload, "item_s": item_s},
-            learned=learned,
-        ),
-        tag=name,
-        expire=options.ttl,
+        name,
+        options,
+        system,
+        executor=executor,
+        n_jobs=n_jobs,
+        chunksize=chunksize,
+        speedup=speedup,
+        reason=reason,
+        warnings=plan.warnings,
+        workload={**stored, "item_s": item_s},
+        heavy=executor == "process" and item_s >= HEAVY_ITEM_S,
+        learned=learned,
     )
-    heavy = executor == "process" and item_s >= HEAVY_ITEM_S
-    _write_hint(store, planned.key, int(planned.key.rsplit(":t", 1)[1]) if heavy else None, name, options.ttl)
     logger.debug("autopar: learned for %s: %s", planned.key, reason)
     return Plan(
         executor="process" if executor == "process" else "serial",
@@ -512,7 +540,7 @@ def learn(
         chunksize=chunksize,
         estimated_speedup=speedup,
         reason=reason,
-        warnings=record.warnings,
+        warnings=plan.warnings,
         from_cache=False,
         start_method=system.start_method,
         learned=learned,
