@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import math
 import operator
-import pickle
 import sys
 import threading
 import time
@@ -27,7 +26,8 @@ if TYPE_CHECKING:
     from .explain import Explanation
 from .planner import DEFAULT_TTL_S, LEARN_MIN_S, Cluster, Options, Planned, forget_hints, learn, make_plan, plan_prefix
 from .progress import make_progress
-from .serialization import ShippedFunction
+from .serialization import Shipment, ShippedFunction
+from .state import StateToken, state_token, watch
 from .store import get_store
 from .system import default_start_method, in_worker, usable_cpus
 from .workload import function_identity
@@ -103,13 +103,21 @@ def _iterate(iterable: Iterable[Any]) -> Iterator[Any]:
         raise NotIterableError(msg) from None
 
 
-def _defined_interactively(func: Callable[..., Any]) -> bool:
-    """True for a function from a REPL, a notebook or ``python -c``: pickle sends it by
-    name, but spawn and forkserver workers (the default on Python 3.14) have no
-    ``__main__`` file to import it from, so it must travel by value."""
+def _by_value(func: Callable[..., Any], start_method: str) -> bool:
+    """True for a function from ``__main__`` that workers cannot see as the caller does.
+
+    From a REPL, a notebook or ``python -c`` there is no ``__main__`` file for
+    spawn/forkserver workers to import (and a fork pool started before the function
+    existed lacks it). From a script, spawn/forkserver workers re-run its top level
+    but not its ``if __name__ == "__main__":`` block, so globals set there would
+    differ. By value, the function travels with the globals it reads. Fork workers
+    share the caller's memory as of their start, which :meth:`PoolRun.serves` checks.
+    """
     if getattr(func, "__module__", None) != "__main__":
         return False
-    return getattr(sys.modules.get("__main__"), "__file__", None) is None
+    if getattr(sys.modules.get("__main__"), "__file__", None) is None:
+        return True
+    return start_method != "fork"
 
 
 class AutoParallel(Generic[P, R]):
@@ -156,7 +164,9 @@ class AutoParallel(Generic[P, R]):
         self._misses = 0
         self._learned = 0
         self._identity: tuple[str, str] | None = None
-        self._ship: tuple[Callable[[Any], Any] | None, str | None] | None = None
+        self._ship: Shipment | None = None
+        self._ship_error: tuple[StateToken, str, str] | None = None
+        watch(self)
 
     # -- behaving like the function ------------------------------------------------------
 
@@ -256,33 +266,63 @@ class AutoParallel(Generic[P, R]):
             return "serial", 1, 1
         return "process", plan.n_jobs, chunksize if chunksize is not None else plan.chunksize
 
-    def _shipping(self) -> tuple[Callable[[Any], Any] | None, str | None]:
-        """What to send workers: this wrapper by reference when it is importable by
-        name, else the raw function by value (cloudpickle); or why neither works."""
-        if self._ship is None:
+    def _autopar_state(self) -> tuple[str, StateToken, list[Any]]:
+        """This function's key and the token of what it reads now (see :mod:`autopar.state`)."""
+        name, digest = self._name_digest
+        token, keep = state_token(self.__wrapped__)
+        return f"{name}:{digest}", token, keep
+
+    def _shipment(self, start_method: str | None = None) -> Shipment:
+        """What to send workers for the caller's state *now*; raises if it cannot be sent.
+
+        By reference (this wrapper, by its qualified name) when workers can import
+        it and see the same state; by value (cloudpickle, globals included) for a
+        function from ``__main__`` under spawn/forkserver or an interactive session,
+        and for lambdas and closures. Pickled again whenever the token of what the
+        function reads changes, so a warm worker never runs a stale copy.
+        """
+        method = start_method or self._start_method()
+        key, token, keep = self._autopar_state()
+        shipped = self._ship
+        if shipped is not None and shipped.token == token and shipped.key == f"{key}:{method}":
+            return shipped
+        error = self._ship_error
+        if error is not None and error[0] == token and error[1] == method:
+            raise UnpicklableError(error[2])
+        try:
+            shipped = self._pickle(method, f"{key}:{method}", token, keep)
+        except UnpicklableError as exc:
+            self._ship_error = (token, method, str(exc))
+            raise
+        self._ship, self._ship_error = shipped, None
+        return shipped
+
+    def _pickle(self, method: str, key: str, token: StateToken, keep: list[Any]) -> Shipment:
+        func = self.__wrapped__
+        if not _by_value(func, method):
             try:
-                if _defined_interactively(self.__wrapped__):
-                    raise pickle.PicklingError("defined in an interactive __main__")
-                pickle.dumps(self, pickle.HIGHEST_PROTOCOL)
-                self._ship = (self, None)
+                return Shipment.of(self, key=key, token=token, keep=keep)
             except Exception:  # noqa: BLE001 - not importable by name: try by value
-                try:
-                    self._ship = (ShippedFunction(self.__wrapped__), None)
-                except Exception as exc:  # noqa: BLE001
-                    self._ship = (None, f"{type(exc).__name__}: {exc}")
-        return self._ship
+                pass
+        try:
+            return Shipment.of(ShippedFunction(func), key=key, token=token, keep=keep)
+        except Exception as exc:
+            name = self._name_digest[0]
+            msg = (
+                f"{name} cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
+                "pass n_jobs=1 to run it here"
+            )
+            raise UnpicklableError(msg) from exc
+
+    def _shipping(self) -> tuple[Callable[[Any], Any] | None, str | None]:
+        """What to send workers now, or why nothing can be sent (for reports)."""
+        try:
+            return self._shipment().func, None
+        except UnpicklableError as exc:
+            return None, str(exc)
 
     def _ship_problem(self) -> str | None:
         return self._shipping()[1]
-
-    def _sendable(self) -> Callable[[Any], Any]:
-        """The object to send to workers; raises before any worker starts if none."""
-        sendable, problem = self._shipping()
-        if sendable is None:
-            name = self._name_digest[0]
-            msg = f"{name} cannot be sent to worker processes ({problem}); pass n_jobs=1 to run it here"
-            raise UnpicklableError(msg)
-        return sendable
 
     def _map_with_timeout(
         self,
@@ -301,9 +341,8 @@ class AutoParallel(Generic[P, R]):
         n = max(1, n)
         size = chunksize or self._chunksize or max(1, math.ceil(len(items) / (4 * n)))
         backend = target.runner if target.runner is not None else ProcessBackend(self._start_method(), reuse=True)
-        return backend.map(
-            self._sendable(), items, start=0, n_jobs=n, chunksize=size, timeout=timeout, progress=tick
-        )
+        send = self._shipment() if target.runner is None else self._shipment().func
+        return backend.map(send, items, start=0, n_jobs=n, chunksize=size, timeout=timeout, progress=tick)
 
     # -- the public methods -------------------------------------------------------------------
 
@@ -324,8 +363,10 @@ class AutoParallel(Generic[P, R]):
         once: items timed while planning keep their results.
 
         With ``timeout`` (seconds for the whole call), every item runs in worker
-        processes, which are stopped when time runs out:
-        :class:`~autopar.TaskTimeoutError` (a ``TimeoutError``) is raised.
+        processes (one with ``n_jobs=1``), which are stopped when time runs out:
+        :class:`~autopar.TaskTimeoutError` (a ``TimeoutError``) is raised. With
+        ``backend="serial"`` or inside a worker, items run here and the timeout is
+        checked between items (a running item cannot be interrupted here).
         ``progress=True`` draws a bar on stderr counting finished items.
         ``backend`` (``"process"``, ``"dask"``, ``"serial"``) overrides the
         decorator's; ``"dask"`` runs chunks on the active ``distributed.Client``.
@@ -356,8 +397,12 @@ class AutoParallel(Generic[P, R]):
         tick: Callable[[int], None] | None,
         target: Target,
     ) -> list[R]:
-        if in_worker() or n_jobs == 1 or len(items) == 0 or target.name == "serial":
-            return SerialBackend().map(self.__wrapped__, items, progress=tick)
+        here = in_worker() or target.name == "serial"
+        if len(items) == 0 or here or (n_jobs == 1 and timeout is None):
+            # In this process an item cannot be interrupted: a timeout is checked
+            # between items (a worker process would stop a stuck item; n_jobs=1 with
+            # a timeout gets one, below).
+            return SerialBackend().map(self.__wrapped__, items, progress=tick, timeout=timeout)
         if timeout is not None:
             return self._map_with_timeout(items, n_jobs, chunksize, float(timeout), tick, target)
         fixed_chunks = chunksize if chunksize is not None else self._chunksize
@@ -377,11 +422,13 @@ class AutoParallel(Generic[P, R]):
         if executor == "serial":
             results = SerialBackend().map(self.__wrapped__, items, start=start, progress=tick)
         elif target.runner is not None:
-            results = target.runner.map(self._sendable(), items, start=start, n_jobs=n, chunksize=size, progress=tick)
+            results = target.runner.map(
+                self._shipment().func, items, start=start, n_jobs=n, chunksize=size, progress=tick
+            )
         else:
             backend = ProcessBackend(self._start_method(), reuse=True)
             results = backend.map(
-                self._sendable(), items, start=start, n_jobs=n, chunksize=size, progress=tick, busy=busy
+                self._shipment(), items, start=start, n_jobs=n, chunksize=size, progress=tick, busy=busy
             )
         if planned is not None:
             self._learn(planned, executor, len(results), time.perf_counter() - began, busy)
@@ -473,12 +520,12 @@ class AutoParallel(Generic[P, R]):
             return
         if target.runner is not None:
             yield from target.runner.imap(
-                self._sendable(), source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered, progress=tick
+                self._shipment().func, source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered, progress=tick
             )
             return
         backend = ProcessBackend(self._start_method(), reuse=True)
         yield from backend.imap(
-            self._sendable(), source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered, progress=tick
+            self._shipment(), source, offset=offset, n_jobs=n, chunksize=size, ordered=ordered, progress=tick
         )
 
     def plan(self, iterable: Iterable[Any], *, backend: str | None = None) -> Plan:

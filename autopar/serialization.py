@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ShippedFunction", "dumps", "pickle_problem"]
+__all__ = ["Shipment", "ShippedFunction", "dumps", "pickle_problem"]
 
 _shipped: dict[str, Callable[[Any], Any]] = {}
 
@@ -64,3 +65,36 @@ def _load_shipped(digest: str, blob: bytes) -> Callable[[Any], Any]:
     if func is None:
         func = _shipped[digest] = pickle.loads(blob)
     return func
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """A function as workers receive it, for one state of the caller.
+
+    ``blob`` is what workers unpickle (once per worker, found again by ``digest``).
+    ``key`` names the decorated function and ``token`` what it read when the blob
+    was made (see :mod:`autopar.state`); a warm pool serves the shipment only if its
+    workers saw the same. ``keep`` holds the objects whose ids the token uses.
+    Internal helpers (calibration's) have no key: they read no caller state.
+    """
+
+    func: Callable[[Any], Any]
+    blob: bytes
+    digest: str
+    key: str | None = None
+    token: tuple[Any, ...] = ()
+    keep: list[Any] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def of(
+        cls,
+        func: Callable[[Any], Any],
+        *,
+        key: str | None = None,
+        token: tuple[Any, ...] = (),
+        keep: list[Any] | None = None,
+    ) -> Shipment:
+        """Pickle ``func`` once for this call (pickle by reference, else cloudpickle)."""
+        blob = dumps(func)
+        digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+        return cls(func, blob, digest, key, token, keep if keep is not None else [])

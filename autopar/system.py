@@ -39,7 +39,7 @@ _MEMORY_REFRESH_S = 1.0
 _lock = threading.Lock()
 _cgroup_cache: tuple[float, int | None] = (-math.inf, None)
 _memory_cache: tuple[float, int] = (-math.inf, 0)
-_in_worker = False
+_in_worker: bool | None = None  # None: not yet known (worked out once per process)
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,35 @@ def mark_worker() -> None:
     _in_worker = True
 
 
+#: Functions that are the main loop of a process pool's worker: a ``.map`` inside
+#: such a worker runs serially (the pool already uses the CPUs, and a daemonic
+#: ``multiprocessing.Pool`` worker may not start processes at all).
+_POOL_WORKER_LOOPS = frozenset(
+    {
+        ("multiprocessing.pool", "worker"),
+        ("concurrent.futures.process", "_process_worker"),
+        ("loky.process_executor", "_process_worker"),
+        ("joblib.externals.loky.process_executor", "_process_worker"),
+    }
+)
+
+
+def _in_foreign_worker() -> bool:
+    """True in a daemonic process or any known pool's worker (Pool, ProcessPoolExecutor, loky)."""
+    process = multiprocessing.current_process()
+    if process.daemon:
+        return True
+    target = getattr(process, "_target", None)
+    return (getattr(target, "__module__", None), getattr(target, "__name__", None)) in _POOL_WORKER_LOOPS
+
+
 def in_worker() -> bool:
-    """True inside an autopar worker, where ``.map`` must run serially (no nested pools)."""
+    """True inside a worker of autopar or of another process pool, where ``.map`` must
+    run serially: nested pools oversubscribe the CPUs, and daemonic processes may not
+    have children (``AssertionError`` from multiprocessing)."""
+    global _in_worker
+    if _in_worker is None:
+        _in_worker = _in_foreign_worker()
     return _in_worker
 
 
@@ -172,8 +199,10 @@ def _forget_parents_forkserver() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _in_worker
     _lock = threading.Lock()
+    if not _in_worker:
+        _in_worker = None  # a forked child may be some pool's worker: look again
     _forget_parents_forkserver()
 
 

@@ -18,7 +18,9 @@ than killing one of Pool's handler threads (CPython gh-79492).
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
+import importlib
 import io
 import os
 import pickle
@@ -38,10 +40,12 @@ __all__ = [
     "SLOT_FIELDS",
     "THREAD_VARS",
     "ItemFailure",
+    "apply_overlay",
     "dumps_exception",
     "echo",
     "init_worker",
     "limit_threads",
+    "load_function",
     "pid_after",
     "run_chunk",
 ]
@@ -93,13 +97,22 @@ def limit_threads(threads: int | None) -> None:
         threadpool_limits(limits=threads)
 
 
-def init_worker(slots: Any, cancel: Any, threads: int | None = None) -> None:
+def init_worker(
+    slots: Any, cancel: Any, threads: int | None = None, overlay: dict[str, dict[str, Any]] | None = None
+) -> None:
     """Pool initializer: mark the process, ignore SIGINT, claim a slot, note the parent,
-    size native thread pools."""
+    size native thread pools, take the caller's simple globals.
+
+    Nothing here may raise: a Pool whose initializer raises respawns workers forever
+    (CPython gh-87472).
+    """
     global _slots, _slot_base, _cancel, _parent_pid
+    if overlay:
+        apply_overlay(overlay)
     mark_worker()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    limit_threads(threads)
+    with contextlib.suppress(Exception):  # default thread pools still compute right
+        limit_threads(threads)
     _cancel = cancel
     _parent_pid = os.getppid()
     with slots.get_lock():
@@ -110,6 +123,71 @@ def init_worker(slots: Any, cancel: Any, threads: int | None = None) -> None:
     if base + SLOT_FIELDS <= len(raw):
         raw[base] = os.getpid()
         _slots, _slot_base = raw, base
+
+
+def apply_overlay(overlay: dict[str, dict[str, Any]]) -> None:
+    """Set the caller's current simple globals in this (spawn/forkserver) worker.
+
+    Such a worker imported the function's module afresh, so a global the caller
+    rebound since (``mymod.SCALE = 10``, or a value set under
+    ``if __name__ == "__main__"``) would otherwise have its import-time value.
+    A module that fails to import here is left alone: loading the function then
+    reports the real error, naming it.
+    """
+    for name, values in overlay.items():
+        module = sys.modules.get(name)
+        if module is None and name not in ("__main__", "__mp_main__"):
+            try:
+                module = importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - reported when the function loads
+                continue
+        if module is not None:
+            namespace = vars(module)
+            for key, value in values.items():
+                _set_global(namespace, key, value)
+
+
+def _set_global(namespace: dict[str, Any], name: str, value: Any) -> None:
+    """Rebind ``name``, or update a container in place so other references see it too."""
+    current = namespace.get(name)
+    if type(current) is type(value) and isinstance(value, (dict, list, set)):
+        if isinstance(current, dict):
+            current.clear()
+            current.update(value)
+        elif isinstance(current, list):
+            current[:] = value
+        elif isinstance(current, set):
+            current.clear()
+            current.update(value)
+        return
+    namespace[name] = value
+
+
+_functions: dict[str, Callable[[Any], Any]] = {}
+#: Functions kept unpickled per worker; a caller that keeps changing state makes
+#: new versions, and the oldest are dropped past this many.
+_FUNCTIONS_MAX = 64
+
+
+def load_function(digest: str, blob: bytes) -> Callable[[Any], Any]:
+    """The function a chunk names, unpickled once per worker per version.
+
+    Unpickled here rather than by Pool, whose worker dies on an exception while
+    reading a task (the parent then sees only an exit code): here a function that
+    cannot be loaded (``Can't get attribute 'step2'``) becomes an error naming it.
+    """
+    func = _functions.get(digest)
+    if func is None:
+        try:
+            loaded = pickle.loads(blob)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, never fatal
+            msg = f"the function cannot be loaded in the worker: {type(exc).__name__}: {exc}"
+            raise UnpicklableError(msg) from None
+        func = getattr(loaded, "_autopar_raw", loaded)  # an @auto_parallel wrapper: the raw function
+        if len(_functions) >= _FUNCTIONS_MAX:
+            _functions.clear()
+        _functions[digest] = func
+    return func
 
 
 class ItemFailure(Exception):
@@ -189,7 +267,7 @@ def _dump_results(results: list[Any], start: int) -> bytes:
 ChunkResult = tuple[int, "bytes | None", int, float, "bytes | None"]
 
 
-def run_chunk(func: Callable[[Any], Any], start: int, blob: bytes) -> ChunkResult:
+def run_chunk(digest: str, function: bytes, start: int, blob: bytes) -> ChunkResult:
     """Evaluate one pickled chunk.
 
     Returns ``(start, pickled results, pid, busy seconds, None)``; the pid and busy
@@ -203,18 +281,18 @@ def run_chunk(func: Callable[[Any], Any], start: int, blob: bytes) -> ChunkResul
     """
     began = time.perf_counter()
     try:
-        return _run_chunk(func, start, blob)
+        return _run_chunk(digest, function, start, blob)
     except (ItemFailure, UnpicklableError) as failure:
         failure.__context__ = None
         return start, None, os.getpid(), time.perf_counter() - began, dumps_exception(failure)
 
 
-def _run_chunk(func: Callable[[Any], Any], start: int, blob: bytes) -> ChunkResult:
+def _run_chunk(digest: str, function: bytes, start: int, blob: bytes) -> ChunkResult:
     pid = os.getpid()
     if _cancel is not None and _cancel.value:
         return start, None, pid, 0.0, None
     began = time.perf_counter()
-    func = getattr(func, "_autopar_raw", func)  # an @auto_parallel wrapper: call the raw function
+    func = load_function(digest, function)
     items = pickle.loads(blob)
     slots, base = _slots, _slot_base
     if slots is not None:

@@ -19,22 +19,27 @@ caller. A failed pool is never reused.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.pool
 import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from ..errors import RemoteTraceback, TaskTimeoutError, UnpicklableError, WorkerCrashedError
 from ..notes import add_note
-from ..serialization import dumps
+from ..serialization import Shipment, dumps
+from ..state import known_simple_globals, known_states
 from ..system import usable_cpus
 from ._worker import SLOT_FIELDS, ItemFailure, init_worker, run_chunk
 from .base import span, stream, stream_chunks
@@ -46,6 +51,12 @@ logger = logging.getLogger("autopar")
 #: How often the parent checks worker exit codes while no result arrives. A dead
 #: worker is reported within this delay; each check is one waitpid per worker.
 POLL_S = 0.05
+#: Chunks sent ahead per worker by ``map``: one running and one waiting keeps a
+#: worker busy; more would only hold pickled input in memory (all of a 1 GB input
+#: was pickled before the first result was read, +1.1 GB at peak, when unbounded).
+MAP_CHUNKS_PER_WORKER = 2
+#: And at most this many pickled bytes in flight (at least one chunk goes out).
+MAP_BYTES_IN_FLIGHT = 64 * 2**20
 #: Chunks in flight per worker for streams (``imap``): enough that a worker never
 #: waits for the parent, few enough that an endless input is not read ahead.
 STREAM_CHUNKS_PER_WORKER = 4
@@ -55,6 +66,9 @@ STREAM_BUFFER_PER_WORKER = 16
 #: A warm pool left unused this long is shut down: idle workers hold memory, and a
 #: program between bursts of work should not keep processes it may never use again.
 POOL_IDLE_TIMEOUT_S = 30.0
+#: How long a worker whose pipe closed is given for its exit status to be readable
+#: (never, when the program ignores SIGCHLD: the error then says so).
+EXIT_STATUS_WAIT_S = 0.2
 #: After a failure, workers get this long to exit on SIGTERM before SIGKILL.
 TERMINATE_GRACE_S = 1.0
 #: And Pool's own teardown gets this long after SIGKILL before it is abandoned.
@@ -66,13 +80,56 @@ _MaybeEncodingError: type[Exception] = getattr(multiprocessing.pool, "MaybeEncod
 
 def _describe_exit(code: int | None) -> str:
     if code is None:
-        return "is gone"
+        return "exited (its exit status could not be read)"
     if code < 0:
         try:
             return f"was killed by signal {signal.Signals(-code).name}"
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def as_shipment(func: Callable[[Any], Any] | Shipment) -> Shipment:
+    """``func`` pickled for workers, unless it already is."""
+    return func if isinstance(func, Shipment) else Shipment.of(func)
+
+
+def _new_pool(ctx: Any, n_jobs: int, initargs: tuple[Any, ...]) -> multiprocessing.pool.Pool:
+    """A Pool whose workers cannot outlive an interrupt that lands while it starts.
+
+    ``Pool.__init__`` cleans up after an ``Exception`` but not after a
+    ``KeyboardInterrupt``: workers already started would be left running. The object
+    is made before ``__init__`` runs, so whatever it started can be found and killed.
+    """
+    before = set(getattr(multiprocessing.process, "_children", ()))
+    pool = multiprocessing.pool.Pool.__new__(multiprocessing.pool.Pool)
+    try:
+        pool.__init__(n_jobs, initializer=init_worker, initargs=initargs, context=ctx)  # type: ignore[misc]
+    except BaseException:
+        _kill_half_made(pool, before)
+        raise
+    return pool
+
+
+def _kill_half_made(pool: multiprocessing.pool.Pool, before: set[Any]) -> None:
+    """Stop what a Pool that failed to start had started: handler threads, workers."""
+    with contextlib.suppress(Exception):
+        pool._state = multiprocessing.pool.TERMINATE  # type: ignore[attr-defined]
+        for name in ("_worker_handler", "_task_handler", "_result_handler"):
+            handler = getattr(pool, name, None)
+            if handler is not None:
+                handler._state = multiprocessing.pool.TERMINATE
+    started = list(getattr(pool, "_pool", ()))
+    started += [p for p in getattr(multiprocessing.process, "_children", ()) if p not in before]
+    for process in started:
+        with contextlib.suppress(Exception):
+            process.kill()
+    for process in started:
+        with contextlib.suppress(Exception):
+            process.join(TEARDOWN_WAIT_S)
+    finalizer = getattr(pool, "_terminate", None)
+    if finalizer is not None:
+        finalizer.cancel()
 
 
 def _pickle_chunk(chunk: Sequence[Any], start: int) -> bytes:
@@ -90,24 +147,34 @@ def _pickle_chunk(chunk: Sequence[Any], start: int) -> bytes:
 
 
 class PoolRun:
-    """One pool for one call: submit chunks, receive them, detect dead workers."""
+    """A pool and the call it serves now: submit chunks, receive them, detect dead workers.
+
+    Between calls a healthy pool is kept warm (:class:`WarmPools`). It records the
+    state every decorated function had when its workers started (see
+    :mod:`autopar.state`), and serves a function later only while that is unchanged.
+    """
 
     def __init__(self, ctx: Any, n_jobs: int, *, deadline: float | None = None) -> None:
         # Room for every worker the Pool may start, replacements included.
         self._slots = ctx.Array("q", 1 + SLOT_FIELDS * (4 * n_jobs + 8))
         self._cancel = ctx.Value("b", 0, lock=False)
-        self.pool: multiprocessing.pool.Pool = ctx.Pool(
-            n_jobs, initializer=init_worker, initargs=(self._slots, self._cancel, max(1, usable_cpus() // n_jobs))
-        )
+        self.start_method: str = ctx.get_start_method()
+        #: What each decorated function read when the workers started (their view).
+        self.known, self._keep = known_states()
+        # Spawn and forkserver workers import modules afresh: send the caller's
+        # current simple globals. Fork workers hold this process's memory already.
+        overlay = known_simple_globals() if self.start_method != "fork" else None
+        threads = max(1, usable_cpus() // n_jobs)
+        self.pool: multiprocessing.pool.Pool = _new_pool(ctx, n_jobs, (self._slots, self._cancel, threads, overlay))
+        _track(self)
         # Private, but the only way to see a dead worker: Pool replaces it silently.
-        self.workers: list[Any] = list(self.pool._pool)
+        self.workers: list[Any] = list(getattr(self.pool, "_pool"))  # noqa: B009
         self.done: queue.SimpleQueue[tuple[int, bool, Any]] = queue.SimpleQueue()
         self.pending: dict[int, int] = {}
         #: Seconds each worker (by pid) spent computing, for reports.
         self.busy: dict[int, float] = {}
         self.deadline = deadline
         self.n_jobs = n_jobs
-        self.start_method: str = ctx.get_start_method()
         self.owner_pid = os.getpid()
         #: Calls served by this pool, for tests and reports (1 on the first call).
         self.calls = 1
@@ -123,8 +190,39 @@ class PoolRun:
             and self.done.empty()
             and os.getpid() == self.owner_pid
             and list(getattr(self.pool, "_pool", ())) == self.workers
-            and all(p.exitcode is None for p in self.workers)
+            and not self._dead()
         )
+
+    def serves(self, shipment: Shipment) -> bool:
+        """True when this pool's workers see what ``shipment``'s function reads now.
+
+        A function unknown to the pool (defined, or decorated, after its workers
+        started) or one whose state changed since is not served: under fork the
+        workers hold the old module state, under spawn and forkserver the old
+        simple globals. A fresh pool is cheaper than a wrong answer.
+        """
+        if shipment.key is None:
+            return True
+        return self.known.get(shipment.key) == shipment.token
+
+    def _dead(self) -> list[Any]:
+        """Workers that have exited. Their sentinels say so even when the program
+        ignores SIGCHLD, where the exit code is never collected and reads None."""
+        gone = [p for p in self.workers if p.exitcode is not None]
+        if gone:
+            return gone
+        try:
+            ready = multiprocessing.connection.wait([p.sentinel for p in self.workers], timeout=0)
+        except (OSError, ValueError):  # a closed sentinel: that worker was joined, so it is gone
+            return list(self.workers)
+        dead = [p for p in self.workers if p.sentinel in ready]
+        if dead:
+            # Its pipe closes a moment before its exit status can be collected; give
+            # that moment, so the error can name the code or signal.
+            deadline = time.monotonic() + EXIT_STATUS_WAIT_S
+            while dead[0].exitcode is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return dead
 
     def reset(self, deadline: float | None) -> None:
         """Start a new call on this (healthy, idle) pool."""
@@ -135,16 +233,16 @@ class PoolRun:
 
     # -- sending and receiving ---------------------------------------------------------
 
-    def submit(self, func: Callable[[Any], Any], start: int, chunk: Sequence[Any]) -> None:
+    def submit(self, func: Callable[[Any], Any] | Shipment, start: int, chunk: Sequence[Any]) -> None:
         """Send one chunk (its first item's index is ``start``)."""
-        self.submit_blob(func, start, _pickle_chunk(chunk, start), len(chunk))
+        self.submit_blob(as_shipment(func), start, _pickle_chunk(chunk, start), len(chunk))
 
-    def submit_blob(self, func: Callable[[Any], Any], start: int, blob: bytes, count: int) -> None:
+    def submit_blob(self, shipment: Shipment, start: int, blob: bytes, count: int) -> None:
         """Send one chunk already pickled by :func:`_pickle_chunk`."""
         self.pending[start] = count
         self.pool.apply_async(
             run_chunk,
-            (func, start, blob),
+            (shipment.digest, shipment.blob, start, blob),
             callback=self._succeeded,
             error_callback=functools.partial(self._failed, start),
         )
@@ -192,6 +290,11 @@ class PoolRun:
                 msg = f"the results of {span(start, count)} cannot be unpickled here: {type(exc).__name__}: {exc}"
                 raise UnpicklableError(msg) from exc
 
+    def check_deadline(self) -> None:
+        """Raise :class:`TaskTimeoutError` once the call's time is up (checked while sending)."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self._check()
+
     def _held(self, pid: int | None) -> str:
         raw = self._slots.get_obj()
         for base in range(1, len(raw) - SLOT_FIELDS + 1, SLOT_FIELDS):
@@ -201,14 +304,13 @@ class PoolRun:
 
     def _check(self) -> None:
         """Raise if a worker died, Pool's result thread died, or time ran out."""
-        for process in self.workers:
+        for process in self._dead():
             code = process.exitcode
-            if code is not None:
-                msg = (
-                    f"worker pid {process.pid} {_describe_exit(code)}; {self._held(process.pid)}, "
-                    f"and {len(self.pending)} chunk(s) were unfinished"
-                )
-                raise WorkerCrashedError(msg)
+            msg = (
+                f"worker pid {process.pid} {_describe_exit(code)}; {self._held(process.pid)}, "
+                f"and {len(self.pending)} chunk(s) were unfinished"
+            )
+            raise WorkerCrashedError(msg)
         handler = getattr(self.pool, "_result_handler", None)
         if handler is not None and not handler.is_alive():
             msg = "multiprocessing's result thread died; results in flight are lost"
@@ -247,23 +349,109 @@ class PoolRun:
             WarmPools.release(self)
             return
         self._closed = True
+        _active.discard(self)
         if not abort:
             self.pool.close()
             self.pool.join()
             return
         self._cancel.value = 1
-        everyone = {id(p): p for p in [*self.workers, *getattr(self.pool, "_pool", [])]}.values()
+        with _hurry_on_interrupt(self):
+            self._abort()
+
+    def everyone(self) -> list[Any]:
+        """Every worker process this pool started, replacements included."""
+        return list({id(p): p for p in [*self.workers, *getattr(self.pool, "_pool", [])]}.values())
+
+    def kill(self) -> None:
+        """SIGKILL every worker now (no grace): the fastest stop there is."""
+        for process in self.everyone():
+            if process.exitcode is None:
+                with contextlib.suppress(Exception):
+                    process.kill()
+
+    def _abort(self) -> None:
+        everyone = self.everyone()
+        if _exiting or sys.is_finalizing():
+            # No thread may start now (3.12+ raises, 3.10/3.11 can hang in final
+            # garbage collection): kill the workers, and drop Pool's own teardown,
+            # which could wait on a lock a killed worker held.
+            self.kill()
+            for process in everyone:
+                process.join(TEARDOWN_WAIT_S)
+            finalizer = getattr(self.pool, "_terminate", None)
+            if finalizer is not None:
+                finalizer.cancel()
+            return
         teardown = threading.Thread(target=self.pool.terminate, name="autopar-terminate", daemon=True)
         teardown.start()
         teardown.join(TERMINATE_GRACE_S)
-        for process in everyone:
-            if process.exitcode is None:
-                process.kill()
+        self.kill()
         for process in everyone:
             process.join(TEARDOWN_WAIT_S)
         teardown.join(TEARDOWN_WAIT_S)
         if teardown.is_alive():
             logger.debug("autopar: multiprocessing's teardown is wedged; workers were killed")
+
+
+#: Runs in use or kept warm, to stop at interpreter exit before anything else.
+_active: weakref.WeakSet[PoolRun] = weakref.WeakSet()
+_exiting = False
+_exit_hook = False
+
+
+def _track(run: PoolRun) -> None:
+    """Note a new pool; the first one registers the exit hook (after multiprocessing's,
+    so it runs before it)."""
+    global _exit_hook
+    _active.add(run)
+    if not _exit_hook:
+        _exit_hook = True
+        atexit.register(_stop_all_at_exit)
+
+
+@contextlib.contextmanager
+def _hurry_on_interrupt(run: PoolRun) -> Iterator[None]:
+    """While a pool is being stopped, a further Ctrl-C kills its workers at once.
+
+    The stop is already bounded (terminate, a grace period, SIGKILL); a second
+    Ctrl-C must make it faster, never interrupt it halfway and leave workers behind
+    (multiprocessing's exit hook would then wait forever on workers that ignore
+    SIGTERM). The interrupt is raised once the workers are gone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = False
+
+    def hurry(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        run.kill()
+
+    try:
+        previous = signal.signal(signal.SIGINT, hurry)
+    except (ValueError, OSError):  # not the main interpreter, or signals unavailable
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+def _stop_all_at_exit() -> None:
+    """At interpreter exit: stop pools still in use (a started ``imap`` left
+    referenced) before multiprocessing's own exit hook and final garbage
+    collection, where a generator's cleanup could not start a thread."""
+    global _exiting
+    _exiting = True
+    for run in list(_active):
+        with contextlib.suppress(Exception):
+            run._reusable = False
+            if run.owner_pid == os.getpid():
+                run.close(abort=True)
 
 
 def _chunks(items: Sequence[Any], start: int, chunksize: int) -> Iterator[tuple[int, Sequence[Any]]]:
@@ -283,23 +471,31 @@ class ProcessBackend:
         self.reuse = reuse
         self._ctx = multiprocessing.get_context(start_method)
 
-    def open(self, n_jobs: int, *, deadline: float | None = None) -> PoolRun:
+    def open(self, n_jobs: int, shipment: Shipment | None = None, *, deadline: float | None = None) -> PoolRun:
         """``n_jobs`` workers: a warm pool when ``reuse`` and one fits, else new ones.
 
+        A warm pool fits when its workers see the state ``shipment``'s function reads
+        now (:meth:`PoolRun.serves`); otherwise it is retired and a new one started.
         Callers must ``close`` the run; with ``reuse`` a healthy pool then stays warm.
         """
         if self.reuse:
             run = WarmPools.acquire(self.start_method, n_jobs)
             if run is not None:
-                run.reset(deadline)
-                return run
+                if shipment is None or run.serves(shipment):
+                    run.reset(deadline)
+                    return run
+                logger.debug("autopar: %s changed since the warm pool started; starting a new one", shipment.key)
+                WarmPools.retire(run)
         run = PoolRun(self._ctx, n_jobs, deadline=deadline)
         run._reusable = self.reuse
+        if shipment is not None and shipment.key is not None:
+            run.known[shipment.key] = shipment.token  # its workers started with this state
+            run._keep.append(shipment.keep)
         return run
 
     def map(
         self,
-        func: Callable[[Any], Any],
+        func: Callable[[Any], Any] | Shipment,
         items: Sequence[Any],
         *,
         start: int,
@@ -311,38 +507,54 @@ class ProcessBackend:
     ) -> list[Any]:
         """Results of ``func`` on ``items[start:]``, in order.
 
+        Chunks are pickled only a few ahead of the workers
+        (:data:`MAP_CHUNKS_PER_WORKER`, :data:`MAP_BYTES_IN_FLIGHT`), so a large input
+        is not copied whole into pickles, and a ``timeout`` is checked while sending.
         ``progress`` is called with the number of items in each finished chunk;
         ``busy``, when given, receives each worker's computing seconds by pid.
         """
         total = len(items) - start
         if total <= 0:
             return []
+        shipment = as_shipment(func)
         chunks = _chunks(items, start, chunksize)
         first_start, first_chunk = next(chunks)
         first_blob = _pickle_chunk(first_chunk, first_start)  # fail before any worker starts
         deadline = None if timeout is None else time.monotonic() + timeout
         results: list[Any] = [None] * total
-        run = self.open(n_jobs, deadline=deadline)
+
+        def place(first: int, values: list[Any]) -> None:
+            results[first - start : first - start + len(values)] = values
+            if progress is not None:
+                progress(len(values))
+
+        run: PoolRun | None = None
         abort = True
         try:
-            run.submit_blob(func, first_start, first_blob, len(first_chunk))
+            run = self.open(n_jobs, shipment, deadline=deadline)
+            sent = _InFlight(run, n_jobs)
+            sent.add(first_start, len(first_blob))
+            run.submit_blob(shipment, first_start, first_blob, len(first_chunk))
             for first, chunk in chunks:
-                run.submit(func, first, chunk)
+                while sent.full():
+                    place(*sent.receive())
+                run.check_deadline()
+                blob = _pickle_chunk(chunk, first)
+                sent.add(first, len(blob))
+                run.submit_blob(shipment, first, blob, len(chunk))
             while run.pending:
-                first, values = run.receive()
-                results[first - start : first - start + len(values)] = values
-                if progress is not None:
-                    progress(len(values))
+                place(*sent.receive())
             abort = False
         finally:
-            run.close(abort=abort)
-            if busy is not None:
-                busy.update(run.busy)
+            if run is not None:
+                run.close(abort=abort)
+                if busy is not None:
+                    busy.update(run.busy)
         return results
 
     def imap(
         self,
-        func: Callable[[Any], Any],
+        func: Callable[[Any], Any] | Shipment,
         source: Iterator[Any],
         *,
         offset: int,
@@ -358,19 +570,21 @@ class ProcessBackend:
 
     def _imap(
         self,
-        func: Callable[[Any], Any],
+        func: Callable[[Any], Any] | Shipment,
         chunks: Iterable[tuple[int, Sequence[Any]]],
         n_jobs: int,
         ordered: bool,
         deadline: float | None,
         progress: Callable[[int], None] | None,
     ) -> Iterator[Any]:
-        run = self.open(n_jobs, deadline=deadline)
+        shipment = as_shipment(func)
+        run: PoolRun | None = None
         abort = True
         try:
+            run = self.open(n_jobs, shipment, deadline=deadline)
             yield from stream(
                 run,
-                functools.partial(run.submit, func),
+                functools.partial(run.submit, shipment),
                 chunks,
                 in_flight=n_jobs * STREAM_CHUNKS_PER_WORKER,
                 held=n_jobs * (STREAM_CHUNKS_PER_WORKER + STREAM_BUFFER_PER_WORKER),
@@ -379,7 +593,30 @@ class ProcessBackend:
             )
             abort = False
         finally:
-            run.close(abort=abort)
+            if run is not None:
+                run.close(abort=abort)
+
+
+class _InFlight:
+    """Chunks sent and not yet received, bounded by count and by pickled bytes."""
+
+    def __init__(self, run: PoolRun, n_jobs: int) -> None:
+        self.run = run
+        self.limit = n_jobs * MAP_CHUNKS_PER_WORKER
+        self.sizes: dict[int, int] = {}
+        self.bytes = 0
+
+    def add(self, first: int, size: int) -> None:
+        self.sizes[first] = size
+        self.bytes += size
+
+    def full(self) -> bool:
+        return bool(self.sizes) and (len(self.sizes) >= self.limit or self.bytes >= MAP_BYTES_IN_FLIGHT)
+
+    def receive(self) -> tuple[int, list[Any]]:
+        first, values = self.run.receive()
+        self.bytes -= self.sizes.pop(first, 0)
+        return first, values
 
 
 class WarmPools:
@@ -432,6 +669,11 @@ class WarmPools:
             cls._shut(older)
 
     @classmethod
+    def retire(cls, run: PoolRun) -> None:
+        """Stop a pool taken out for a call it cannot serve (its workers' view is old)."""
+        cls._shut(run)
+
+    @classmethod
     def idle(cls) -> list[PoolRun]:
         """The pools kept warm now."""
         with cls._lock:
@@ -478,7 +720,7 @@ class WarmPools:
         """After os.fork(): the parent's pools are not ours to use or to stop."""
         cls._lock = threading.Lock()  # the parent's may have been held mid-fork
         children: set[Any] = getattr(multiprocessing.process, "_children", set())
-        for run in cls._idle.values():
+        for run in {id(r): r for r in [*cls._idle.values(), *_active]}.values():
             run._reusable = False
             run._closed = True
             finalizer = getattr(run.pool, "_terminate", None)
@@ -489,6 +731,7 @@ class WarmPools:
             for worker in run.workers:
                 children.discard(worker)
             cls._inherited.append(run)
+        _active.clear()
         cls._idle = {}
         cls._timers = {}
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..errors import TaskTimeoutError
 from ..notes import add_item_note
 
 __all__ = ["SerialBackend"]
@@ -25,8 +27,12 @@ class SerialBackend:
         n_jobs: int = 1,
         chunksize: int = 1,
         progress: Callable[[int], None] | None = None,
+        timeout: float | None = None,
     ) -> list[Any]:
         """``[func(x) for x in items[start:]]``, with the failing index noted.
+
+        With ``timeout``, :class:`~autopar.errors.TaskTimeoutError` is raised at the
+        first item boundary past it: an item running here cannot be interrupted.
 
         A comprehension over a list/tuple/range iterator: exactly as fast as the
         user's own loop (an append loop costs ~0.08 us more per item, and C ``map``
@@ -34,8 +40,9 @@ class SerialBackend:
         iterator's position, which its ``__reduce__`` reports, names the failing
         item at no per-item cost.
         """
-        if progress is not None:
-            return list(self.imap(func, itertools.islice(items, start, None), offset=start, progress=progress))
+        if progress is not None or timeout is not None:
+            rest = itertools.islice(items, start, None)
+            return list(self.imap(func, rest, offset=start, progress=progress, timeout=timeout))
         iterator = iter(items)
         positioned = isinstance(items, (list, tuple, range))
         if positioned:
@@ -62,10 +69,15 @@ class SerialBackend:
         chunksize: int = 1,
         ordered: bool = True,
         progress: Callable[[int], None] | None = None,
+        timeout: float | None = None,
     ) -> Iterator[Any]:
-        """Yield ``func(x)`` for each remaining item of ``source``."""
+        """Yield ``func(x)`` for each remaining item of ``source`` (``timeout``: see ``map``)."""
         index = offset
+        deadline = None if timeout is None else time.monotonic() + timeout
         for item in source:
+            if deadline is not None and time.monotonic() >= deadline:
+                msg = f"timed out after {timeout:g} s in this process, before item {index} (done: {index - offset})"
+                raise TaskTimeoutError(msg)
             try:
                 result = func(item)
             except BaseException as exc:
