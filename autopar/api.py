@@ -69,7 +69,9 @@ def clear_cache() -> int:
     from .planner import forget_hints
 
     forget_hints()
-    return get_store().clear()
+    store = get_store()
+    store.wait_open()  # a store still opening would otherwise be cleared in memory only
+    return store.clear()
 
 
 def prune_expired_cache(ttl_seconds: float | None = None) -> int:
@@ -82,6 +84,7 @@ def prune_expired_cache(ttl_seconds: float | None = None) -> int:
         msg = f"ttl_seconds must be >= 0, got {ttl_seconds!r}"
         raise ValueError(msg)
     store = get_store()
+    store.wait_open()  # a store still opening would otherwise be pruned in memory only
     now = time.time()
     cpus = usable_cpus()
     removed = 0

@@ -4,18 +4,21 @@
 
     autopar cache info                  where the cache is, its size, its plans
     autopar cache list [--json]         one line per stored plan
-    autopar cache clear [--function NAME]
+    autopar cache clear [--function FUNCTION]
     autopar cache prune [--ttl SECONDS]
-    autopar explain MODULE:FUNCTION (--items N | --data FILE) [--run] [--plot PNG] [--json]
+    autopar explain FUNCTION (--items N | --data FILE) [--run] [--plot PNG] [--json]
 
+FUNCTION is ``module:function``, ``module.function`` or ``path/to/file.py:function``.
 Exit codes: 0 success, 1 a failure while running (import error, unreadable data,
-the function raised), 2 a usage error (argparse's convention). Errors go to stderr.
+the function raised, a plan cache that cannot be read or changed), 2 a usage
+error (argparse's convention). Errors go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -42,15 +45,13 @@ def _age(seconds: float) -> str:
 
 def _plans() -> list[dict[str, Any]]:
     from .plan import read_plan_record
-    from .store import get_store
+    from .store import read_rows
     from .system import usable_cpus
 
-    store, now, cpus = get_store(), time.time(), usable_cpus()
+    now, cpus = time.time(), usable_cpus()
     rows = []
-    for key in sorted(store.list_keys()):
-        if not key.startswith("plan:"):
-            continue
-        record = read_plan_record(store.get(key), usable_cpus=cpus, max_workers=None)
+    for key, text in read_rows(_cache_dir(), "plan:"):
+        record = read_plan_record(text, usable_cpus=cpus, max_workers=None)
         if record is None:
             continue
         rows.append(
@@ -70,22 +71,45 @@ def _plans() -> list[dict[str, Any]]:
     return rows
 
 
-def _cache_info(args: argparse.Namespace) -> int:
-    from .store import get_cache_dir, get_store
+def _cache_dir() -> Path:
+    from .store import get_cache_dir
 
-    directory = get_cache_dir()
-    size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else 0
-    keys = get_store().list_keys()
-    print(f"location:       {directory}")
-    print(f"size on disk:   {size:,} bytes")
-    print(f"plans:          {sum(1 for k in keys if k.startswith('plan:'))}")
-    print(f"measured costs: {sum(1 for k in keys if k.startswith('costs:'))}")
+    try:
+        return get_cache_dir()
+    except RuntimeError as exc:  # no HOME and no passwd entry
+        msg = str(exc)
+        raise CliError(msg) from exc
+
+
+def _cache_info(args: argparse.Namespace) -> int:
+    """Read-only: a store autopar cannot use is reported (exit 1), never set aside or created."""
+    from .store import StoreError, inspect_store
+
+    directory = _cache_dir()
+    try:
+        summary = inspect_store(directory)
+    except StoreError as exc:
+        msg = f"cannot read the plan cache: {exc}"
+        raise CliError(msg) from exc
+    print(f"location:       {directory}{'' if summary.exists else ' (not created yet)'}")
+    print(f"size on disk:   {summary.size_bytes:,} bytes")
+    print(f"plans:          {summary.counts.get('plan', 0)}")
+    print(f"measured costs: {summary.counts.get('costs', 0)}")
     print(f"format version: {CACHE_FORMAT} (autopar {__version__})")
+    if summary.set_aside:
+        names = ", ".join(p.name for p in summary.set_aside)
+        print(f"set aside:      {names} (unreadable; `autopar cache clear` removes them)")
     return 0
 
 
 def _cache_list(args: argparse.Namespace) -> int:
-    rows = _plans()
+    from .store import StoreError
+
+    try:
+        rows = _plans()
+    except StoreError as exc:
+        msg = f"cannot read the plan cache: {exc}"
+        raise CliError(msg) from exc
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -102,19 +126,20 @@ def _cache_list(args: argparse.Namespace) -> int:
 
 
 def _cache_clear(args: argparse.Namespace) -> int:
-    from .api import clear_cache
-    from .planner import plan_prefix
-    from .store import get_store
+    from .planner import forget_hints
+    from .store import StoreError, clear_directory
 
-    if args.function is None:
-        removed = clear_cache()
-    else:
-        store = get_store()
-        removed = store.evict(args.function)
-        for key in store.list_keys():
-            if key.startswith((plan_prefix(args.function), "hint:" + plan_prefix(args.function))):
-                removed += store.delete(key)
-    print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}")
+    name = None if args.function is None else _function_name(args.function)
+    try:
+        removed, files = clear_directory(_cache_dir(), tag=name)
+    except StoreError as exc:
+        msg = f"cannot clear the plan cache: {exc}"
+        raise CliError(msg) from exc
+    finally:
+        forget_hints()  # this process's memo of hint rows (when called in-process)
+    print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}" + (f" of {name}" if name else ""))
+    for file in files:
+        print(f"removed {file}")
     return 0
 
 
@@ -126,26 +151,108 @@ def _cache_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_function(spec: str) -> Callable[[Any], Any]:
-    module_name, sep, qualname = spec.partition(":")
-    if not sep or not module_name or not qualname:
-        msg = f"expected MODULE:FUNCTION, got {spec!r}"
+def _split_target(spec: str) -> tuple[str | None, str, Path | None, Path | None]:
+    """``(module, qualname, file, root)`` from MODULE:FUNCTION, MODULE.FUNCTION or FILE.py:FUNCTION.
+
+    ``module`` is None for the dotted form: which dot ends the module is found by
+    importing. For a file, ``root`` is the directory to put on sys.path.
+    """
+    head, colon, qualname = spec.rpartition(":")
+    if not colon:
+        head, _, qualname = spec.rpartition(".")
+    if not head or not qualname:
+        msg = f"expected MODULE:FUNCTION (or MODULE.FUNCTION, FILE.py:FUNCTION), got {spec!r}"
         raise CliError(msg)
-    if os.getcwd() not in sys.path:  # like `python -m`: modules in the current directory
-        sys.path.insert(0, os.getcwd())
+    if not colon:
+        return None, qualname, None, None
+    if head.endswith(".py") or "/" in head or os.sep in head:
+        path = Path(head).resolve()
+        if not path.is_file():
+            msg = f"no such file: {head}"
+            raise CliError(msg)
+        module, root = _module_for_file(path)
+        return module, qualname, path, root
+    return head, qualname, None, None
+
+
+def _module_for_file(path: Path) -> tuple[str, Path]:
+    """The dotted name a file imports as, and the directory that must be on sys.path for it.
+
+    A file in a package (directories with ``__init__.py``) keeps its package, so its
+    relative imports work.
+    """
+    parts = [] if path.name == "__init__.py" else [path.stem]
+    root = path.parent
+    while (root / "__init__.py").is_file() and root.parent != root:
+        parts.insert(0, root.name)
+        root = root.parent
+    if not parts or not all(part.isidentifier() for part in parts):
+        msg = f"{path} cannot be imported as a module (its name is not a Python identifier)"
+        raise CliError(msg)
+    return ".".join(parts), root
+
+
+def _function_name(spec: str) -> str:
+    """The name plans are stored under (``module.qualname``), from any form the CLI accepts."""
+    module, qualname, _, _ = _split_target(spec)
+    return spec if module is None else f"{module}.{qualname}"
+
+
+def _import(module_name: str, where: str) -> Any:
     try:
-        obj: Any = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except Exception as exc:
-        msg = f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        msg = f"cannot import {where!r}: {type(exc).__name__}: {exc}"
         raise CliError(msg) from exc
-    for part in qualname.split("."):
+
+
+def _import_dotted(spec: str) -> tuple[Any, str]:
+    """Import the longest importable module in ``a.b.c``; the module and the rest (maybe empty)."""
+    parts = spec.split(".")
+    for cut in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            return importlib.import_module(module_name), ".".join(parts[cut:])
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+                continue  # no such module: the function's name has more dots
+            msg = f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+            raise CliError(msg) from exc
+        except Exception as exc:
+            msg = f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+            raise CliError(msg) from exc
+    msg = f"cannot import {parts[0]!r}: no module of that name (expected MODULE:FUNCTION or MODULE.FUNCTION)"
+    raise CliError(msg)
+
+
+def _load_function(spec: str) -> Callable[[Any], Any]:
+    module_name, qualname, path, root = _split_target(spec)
+    obj: Any
+    if path is not None and root is not None and module_name is not None:
+        if str(root) not in sys.path:  # spawn and forkserver workers inherit sys.path
+            sys.path.insert(0, str(root))
+        obj = _import(module_name, str(path))
+        loaded = getattr(obj, "__file__", None)
+        if loaded is None or Path(loaded).resolve() != path:
+            msg = f"cannot load {path} as module {module_name!r}: that name is already taken by {loaded or obj!r}"
+            raise CliError(msg)
+    else:
+        if os.getcwd() not in sys.path:  # like `python -m`: modules in the current directory
+            sys.path.insert(0, os.getcwd())
+        if module_name is None:
+            obj, qualname = _import_dotted(spec)
+            module_name = spec[: len(spec) - len(qualname)].rstrip(".")
+        else:
+            obj = _import(module_name, module_name)
+    for part in qualname.split(".") if qualname else ():
         try:
             obj = getattr(obj, part)
         except AttributeError:
             msg = f"{module_name!r} has no attribute {qualname!r}"
             raise CliError(msg) from None
     if not callable(obj):
-        msg = f"{spec} is not callable"
+        what = "a module" if inspect.ismodule(obj) else type(obj).__name__
+        msg = f"{spec} is {what}, not a function (expected MODULE:FUNCTION)"
         raise CliError(msg)
     return obj  # type: ignore[no-any-return]
 
@@ -227,15 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     listing = cache_cmds.add_parser("list", help="one line per stored plan")
     listing.add_argument("--json", action="store_true", help="print JSON for machines")
     listing.set_defaults(handler=_cache_list)
-    clear = cache_cmds.add_parser("clear", help="remove stored plans")
-    clear.add_argument("--function", metavar="NAME", help="only this function's plans (module.qualname)")
+    clear = cache_cmds.add_parser("clear", help="remove stored plans (and databases set aside as unreadable)")
+    clear.add_argument(
+        "--function", metavar="FUNCTION", help="only this function's plans (module.function or module:function)"
+    )
     clear.set_defaults(handler=_cache_clear)
     prune = cache_cmds.add_parser("prune", help="remove plans older than a TTL, and unreadable rows")
     prune.add_argument("--ttl", type=_non_negative_float, metavar="SECONDS", help="default: 7 days")
     prune.set_defaults(handler=_cache_prune)
 
     exp = commands.add_parser("explain", help="measure a function and explain the decision")
-    exp.add_argument("target", metavar="MODULE:FUNCTION", help="e.g. mypkg.scoring:score")
+    exp.add_argument(
+        "target",
+        metavar="FUNCTION",
+        help="module:function, module.function or file.py:function, e.g. mypkg.scoring:score",
+    )
     source = exp.add_mutually_exclusive_group(required=True)
     source.add_argument("--items", type=_positive_int, metavar="N", help="use range(N) as the input")
     source.add_argument("--data", metavar="FILE", help="a JSON list (.json) or a text file, one item per line")

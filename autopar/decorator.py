@@ -555,20 +555,14 @@ class AutoParallel(Generic[P, R]):
 
     def cache_info(self) -> CacheInfo:
         """Hits and misses of this function's plan lookups here, and plans on disk."""
-        prefix = plan_prefix(self._name_digest[0])
-        currsize = sum(1 for key in get_store().list_keys() if key.startswith(prefix))
+        name = self._name_digest[0]
+        currsize = get_store().count(name, plan_prefix(name))  # the tag index: no scan of the store
         with self._lock:
             return CacheInfo(self._hits, self._misses, None, currsize, self._learned)
 
     def cache_clear(self) -> None:
-        """Remove this function's stored plans and reset its counters."""
-        name = self._name_digest[0]
-        store = get_store()
-        store.evict(name)
-        prefix = plan_prefix(name)
-        for key in store.list_keys():
-            if key.startswith((prefix, "hint:" + prefix)):
-                store.delete(key)
+        """Remove this function's stored plans and hints, and reset its counters."""
+        get_store().forget(self._name_digest[0])
         forget_hints()
         with self._lock:
             self._hits = 0

@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import stat
+import time
 import types
 import warnings
 from pathlib import Path
@@ -309,3 +310,82 @@ def test_a_hit_evaluates_only_the_probe_items() -> None:
     calls.clear()
     assert counted.plan(range(2000)).from_cache
     assert 1 <= len(calls) < sampled
+
+
+def open_store() -> autopar.store.PlanStore:
+    """The process's store, once open: on a loaded machine opening may outlast what ``.map`` waits.
+
+    Tests that then read or change the database from outside need what was planned
+    on disk, not in the memory kept meanwhile.
+    """
+    store = get_store()
+    assert store.wait_open(30)  # a hang guard, not a timing assertion
+    return store
+
+
+def _unrelated_rows(cache_dir: Path, n: int) -> None:
+    """``n`` rows of 50 other functions, written by diskcache itself in one transaction."""
+    import diskcache
+
+    open_store().close()  # autopar creates the directory and database first
+    with diskcache.Cache(str(cache_dir), statistics=0, tag_index=0) as cache, cache.transact():
+        for i in range(n):
+            cache.set(f"plan:v1:other.fn{i % 50}:{i}:n8:t10", "{}", tag=f"other.fn{i % 50}", expire=3600)
+
+
+def test_count_and_forget_work_by_tag_and_prefix(cache_dir: Path) -> None:
+    store = open_store()
+    for i in range(3):
+        store.set(f"plan:v1:mod.f:{i}", "{}", tag="mod.f", expire=3600)
+    store.set("hint:plan:v1:mod.f:0", "7", tag="mod.f", expire=3600)
+    store.set("plan:v1:mod.g:0", "{}", tag="mod.g")
+    store.set("plan:v1:mod.f:untagged", "{}")
+    store.set("plan:v1:mod.f:gone", "{}", tag="mod.f", expire=3600)
+    with sqlite3.connect(cache_dir / "cache.db") as con:  # it expired since (diskcache culls it on the next write)
+        con.execute("UPDATE Cache SET expire_time = ? WHERE key = 'plan:v1:mod.f:gone'", (time.time() - 1,))
+    assert store.count("mod.f", "plan:v1:mod.f:") == 3
+    assert store.count("mod.f", "hint:") == 1
+    assert store.count("mod.f") == 4
+    assert store.count("mod.g", "plan:") == 1
+    assert store.count("nobody", "") == 0
+    assert store.forget("mod.f") == 5  # the expired row too: it was still on disk
+    assert store.count("mod.f") == 0
+    assert store.get("plan:v1:mod.g:0") == "{}"
+    assert store.get("plan:v1:mod.f:untagged") == "{}"
+    assert store.forget("mod.f") == 0
+
+
+def test_count_and_forget_among_20k_unrelated_rows(cache_dir: Path) -> None:
+    _unrelated_rows(cache_dir, 20_000)
+    f = workloads.heavy_plain
+    name = f"{f.__module__}.{f.__qualname__}"
+    f.plan(range(300))
+    f.plan(range(3000))
+    store = get_store()
+    prefix = autopar.planner.plan_prefix(name)
+    assert store.count(name, prefix) == 2 == sum(1 for k in store.list_keys() if k.startswith(prefix))
+    assert store.count("other.fn7", "plan:") == 400
+    removed = store.forget(name)
+    assert removed >= 2  # its plans, and a hint row if its items were heavy
+    assert store.count(name, "") == 0
+    assert store.count("other.fn7", "plan:v1:other.fn7:") == 400
+    with sqlite3.connect(cache_dir / "cache.db") as con:
+        plan = con.execute(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM Cache WHERE tag = ? AND raw = 1 AND substr(key, 1, 2) = ?",
+            ("x", "pl"),
+        ).fetchall()
+    assert any("autopar_tag_rowid" in str(row) for row in plan), plan  # an index search, not a scan
+
+
+def test_count_and_forget_on_a_broken_store_warn_once(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    store = autopar.store.PlanStore(blocker / "cache")
+    with pytest.warns(CacheWarning, match="cannot create"):
+        assert store.count("mod.f", "plan:") == 0
+    # Once: another CacheWarning would fail the test (the test config makes it an error).
+    assert store.forget("mod.f") == 0
+    store.set("plan:v1:mod.f:0", "{}", tag="mod.f")  # kept in memory
+    assert store.count("mod.f", "plan:") == 1
+    assert store.forget("mod.f") == 1
+    assert store.count("mod.f", "plan:") == 0

@@ -11,13 +11,14 @@ import pytest
 
 from autopar.cli import main
 from tests import workloads
+from tests.test_cache import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "autopar", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "autopar", *args], cwd=cwd, capture_output=True, text=True, timeout=120
     )
 
 
@@ -52,6 +53,7 @@ def test_runtime_errors_exit_1_on_stderr() -> None:
 
 
 def test_cache_info_list_clear_prune(cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    open_store()  # the commands read the database itself, as from another process
     workloads.heavy_plain.plan(range(300))
     workloads.add_one.plan(range(5000))
     assert main(["cache", "info"]) == 0
@@ -101,3 +103,104 @@ def test_explain_with_a_plot(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "after real runs" in done.stdout
+
+
+def test_clear_function_accepts_module_colon_and_dotted_names(capsys: pytest.CaptureFixture[str]) -> None:
+    open_store()
+    workloads.heavy_plain.plan(range(300))
+    workloads.add_one.plan(range(5000))
+    assert main(["cache", "clear", "--function", "tests.workloads:add_one"]) == 0
+    assert "removed 1 entry of tests.workloads.add_one" in capsys.readouterr().out
+    assert workloads.add_one.cache_info().currsize == 0
+    assert workloads.heavy_plain.cache_info().currsize == 1
+    assert main(["cache", "clear", "--function", "tests.workloads.heavy_plain"]) == 0
+    assert "of tests.workloads.heavy_plain" in capsys.readouterr().out
+    assert workloads.heavy_plain.cache_info().currsize == 0
+
+
+def test_explain_accepts_a_dotted_name() -> None:
+    done = _cli("explain", "tests.workloads.heavy_plain", "--items", "300")
+    assert done.returncode == 0, done.stderr
+    assert "autopar explain: tests.workloads.heavy_plain over 300 items" in done.stdout
+    done = _cli("explain", "tests.workloads", "--items", "10")
+    assert done.returncode == 1
+    assert "tests.workloads is a module, not a function" in done.stderr
+
+
+CPU_MODULE = """
+import time
+
+def cpu(x):
+    end = time.perf_counter() + 0.002
+    while time.perf_counter() < end:
+        pass
+    return 2 * x
+"""
+
+
+def _project(root: Path) -> Path:
+    """A script next to a package that uses a relative import, as users' projects look."""
+    root.mkdir()
+    (root / "mymod.py").write_text(CPU_MODULE)
+    (root / "pkg").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "helpers.py").write_text("SCALE = 5\n")
+    (root / "pkg" / "job.py").write_text("from .helpers import SCALE\n\ndef scaled(x):\n    return x * SCALE\n")
+    return root
+
+
+def test_explain_a_function_in_a_file(tmp_path: Path) -> None:
+    root = _project(tmp_path / "project")
+    done = _cli("explain", "./mymod.py:cpu", "--items", "40", cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert "autopar explain: mymod.cpu over 40 items" in done.stdout
+    done = _cli("explain", str(root / "pkg" / "job.py") + ":scaled", "--items", "40", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "autopar explain: pkg.job.scaled over 40 items" in done.stdout
+
+
+def test_a_function_from_a_file_runs_on_spawn_workers(tmp_path: Path) -> None:
+    root = _project(tmp_path / "project")
+    script = (
+        "import multiprocessing, sys\n"
+        "multiprocessing.set_start_method('spawn')\n"
+        "from autopar.cli import main\n"
+        "sys.exit(main(['explain', './mymod.py:cpu', '--items', '40', '--run', '--json']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["function"] == "mymod.cpu"
+    assert "2" in report["runs"]  # ran on two spawned workers, which imported mymod from the file's directory
+
+
+def test_file_path_errors_are_clear(tmp_path: Path) -> None:
+    root = _project(tmp_path / "project")
+    done = _cli("explain", "./missing.py:cpu", "--items", "10", cwd=root)
+    assert done.returncode == 1
+    assert "no such file: ./missing.py" in done.stderr
+    (root / "json.py").write_text(CPU_MODULE)  # shadowed: the standard library's json is imported first
+    done = _cli("explain", "project/json.py:cpu", "--items", "10", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "already taken" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_clear_function_accepts_a_file_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from autopar import auto_parallel
+
+    root = _project(tmp_path / "project")
+    spec = importlib.util.spec_from_file_location("mymod", root / "mymod.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cpu = auto_parallel(module.cpu)
+    open_store()
+    cpu.plan(range(200))
+    assert cpu.cache_info().currsize == 1
+    assert main(["cache", "clear", "--function", f"{root / 'mymod.py'}:cpu"]) == 0
+    assert "of mymod.cpu" in capsys.readouterr().out
+    assert cpu.cache_info().currsize == 0

@@ -191,8 +191,8 @@ def test_tampered_settings_fall_back_to_memory(cache_dir: Path, key: str, value:
         con.execute("INSERT OR REPLACE INTO Settings VALUES (?, ?)", (key, value))
     fresh = PlanStore(cache_dir)
     with pytest.warns(CacheWarning, match="Settings"):
-        fresh.set("plan:x", "{}")
-    assert not fresh.persistent
+        assert not fresh.wait_open(30)  # refused (waiting: a loaded machine may open slowly)
+    fresh.set("plan:x", "{}")
     assert fresh.get("plan:x") == "{}"
 
 
@@ -232,3 +232,30 @@ def test_eight_processes_by_four_threads_share_one_store(cache_dir: Path) -> Non
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         modes = {row[0] for row in con.execute("SELECT DISTINCT mode FROM Cache")}
     assert modes == {1}
+
+
+def test_plans_stored_while_the_database_opens_reach_the_disk(cache_dir: Path) -> None:
+    """A store that is only slow to open (here: locked) is not broken: no warning, nothing lost."""
+    assert workloads.add_one.map(range(64)) == list(range(1, 65))  # creates the store
+    get_store().close()
+    locker = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.locker", str(cache_dir / "cache.db"), "30"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert locker.stdout is not None
+        assert locker.stdout.readline().strip() == "locked"
+        fresh = PlanStore(cache_dir)
+        fresh.set("plan:v1:early", "{}", tag="early")  # diskcache's constructor waits for the lock
+        assert fresh.get("plan:v1:early") == "{}"
+        assert not fresh.persistent
+    finally:
+        locker.kill()
+        locker.wait()
+    assert fresh.wait_open(30)  # a hang guard, not a timing assertion
+    assert fresh.get("plan:v1:early") == "{}"
+    assert fresh.count("early", "plan:") == 1
+    fresh.close()
+    assert PlanStore(cache_dir).get("plan:v1:early") == "{}"  # on disk, for the next process
