@@ -41,6 +41,9 @@ class Sample:
     out_bytes: float
     pickle_s: float
     unpicklable: str | None = None
+    runnable_s: float = 0.0
+    """Seconds the sampling thread was ready to run but waited for a CPU (Linux
+    schedstat): time lost to a busy machine, not to waiting on I/O."""
 
     @property
     def n_timed(self) -> int:
@@ -77,10 +80,16 @@ class Sample:
 
     @property
     def cpu_fraction(self) -> float:
-        """CPU seconds per wall second while sampling (about 1 for CPU-bound work)."""
-        if self.wall_s <= 0:
+        """CPU seconds per wall second while sampling (about 1 for CPU-bound work).
+
+        Time spent waiting for a CPU is left out of the wall time: on a loaded
+        machine CPU-bound work would otherwise look like waiting work and get more
+        workers than CPUs.
+        """
+        wall = self.wall_s - self.runnable_s
+        if wall <= 0:
             return 1.0
-        return max(0.0, self.cpu_s / self.wall_s)
+        return max(0.0, self.cpu_s / wall)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain numbers, for reports and ``profile=True``."""
@@ -97,6 +106,19 @@ class Sample:
         }
 
 
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def runnable_seconds() -> float:
+    """Seconds this thread has spent ready to run but waiting for a CPU (Linux
+    ``schedstat``'s run-queue time); 0 where the kernel does not say."""
+    try:
+        with open(_SCHEDSTAT, "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class Sampler:
     """Evaluates items one at a time, keeping items, results and per-item times."""
 
@@ -107,6 +129,7 @@ class Sampler:
         self.times: list[float] = []
         self._cpu = 0.0
         self._wall = 0.0
+        self._runnable = 0.0
 
     @property
     def elapsed_s(self) -> float:
@@ -124,6 +147,7 @@ class Sampler:
         items, results, times = self.items, self.results, self.times
         perf = time.perf_counter
         cpu0 = time.process_time()
+        runnable0 = runnable_seconds()
         start = perf()
         deadline = start + budget_s
         exhausted = False
@@ -147,6 +171,7 @@ class Sampler:
                 break
         self._wall += perf() - start
         self._cpu += time.process_time() - cpu0
+        self._runnable += runnable_seconds() - runnable0
         return exhausted
 
     def summary(self) -> Sample:
@@ -182,4 +207,5 @@ class Sampler:
             out_bytes=statistics.fmean(out_sizes) if out_sizes else math.nan,
             pickle_s=statistics.fmean(pickle_times) if pickle_times else 0.0,
             unpicklable=problem,
+            runnable_s=min(self._runnable, self._wall),
         )

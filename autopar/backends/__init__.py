@@ -1,11 +1,39 @@
-"""Where the work runs. Each backend has ``map`` (a list) and ``imap`` (a stream).
+"""Backends: where chunks run. One interface (:class:`~.base.Backend`), one registry.
 
-The planner never imports a backend; the decorator picks one from the plan, so a
-cluster backend can be added without touching planning.
+``serial`` (this process; also the reference in tests), ``process`` (a watched
+``multiprocessing.Pool``, kept warm between calls) and ``dask`` (the active
+``distributed.Client``, imported only when asked for). A new backend is one module
+with a class that implements :class:`~.base.Backend` and a line in :data:`BACKENDS`.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from .base import Backend
 from .process import ProcessBackend
 from .serial import SerialBackend
 
-__all__ = ["Backend", "ProcessBackend", "SerialBackend"]
+__all__ = ["BACKENDS", "Backend", "ProcessBackend", "SerialBackend", "check_backend", "get_backend"]
+
+#: Every backend name ``.map(backend=...)`` accepts.
+BACKENDS = ("process", "dask", "serial")
+
+
+def check_backend(name: object) -> None:
+    """Raise ``ValueError`` for a backend name that is not in :data:`BACKENDS`."""
+    if name not in BACKENDS:
+        msg = f"backend must be one of {BACKENDS}, got {name!r}"
+        raise ValueError(msg)
+
+
+def get_backend(name: str, *, start_method: str, client: Any = None) -> Backend:
+    """The backend called ``name``: warm process pools use ``start_method``."""
+    check_backend(name)
+    if name == "serial":
+        return SerialBackend()
+    if name == "process":
+        return ProcessBackend(start_method, reuse=True)
+    from .dask import DaskBackend  # imports distributed: only when asked for
+
+    return DaskBackend(client)

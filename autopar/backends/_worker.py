@@ -1,6 +1,6 @@
 """Code that runs inside worker processes: one chunk at a time, failures captured.
 
-Kept small and import-light: under spawn and forkserver every worker imports it.
+Under spawn and forkserver every worker imports it (and with it the autopar package).
 
 Each worker, set up by :func:`init_worker`:
 
@@ -19,29 +19,24 @@ than killing one of Pool's handler threads (CPython gh-79492).
 from __future__ import annotations
 
 import contextlib
-import copyreg
 import importlib
-import io
 import os
 import pickle
-import reprlib
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import AutoparError, UnpicklableError
-from ..serialization import dumps
+from ..errors import UnpicklableError
 from ..system import mark_worker
+from .chunks import RESULT_CANNOT, evaluate, pickle_values
+from .failures import ItemFailure, dumps_exception
 
 __all__ = [
     "SLOT_FIELDS",
     "THREAD_VARS",
-    "ItemFailure",
     "apply_overlay",
-    "dumps_exception",
     "echo",
     "init_worker",
     "limit_threads",
@@ -49,10 +44,6 @@ __all__ = [
     "pid_after",
     "run_chunk",
 ]
-
-_repr = reprlib.Repr()
-_repr.maxstring = 80
-_repr.maxother = 80
 
 #: Each worker's slot in the shared array: its pid, the first item and the count
 #: of the chunk it is running (count 0 when idle). Slot 0 of the array is a counter.
@@ -190,80 +181,6 @@ def load_function(digest: str, blob: bytes) -> Callable[[Any], Any]:
     return func
 
 
-class ItemFailure(Exception):
-    """Carries an exception raised by the user's function back to the parent.
-
-    Pool workers only catch ``Exception``; catching ``BaseException`` here means a
-    ``SystemExit`` or ``KeyboardInterrupt`` in the function is reported, not fatal.
-    """
-
-    def __init__(self, exc: BaseException, index: int, item_repr: str, tb: str) -> None:
-        super().__init__(exc, index, item_repr, tb)
-        self.exc = exc
-        self.index = index
-        self.item_repr = item_repr
-        self.tb = tb
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The exception travels as bytes made with the standard reducers, whatever
-        # reducers the process registered (see :func:`dumps_exception`).
-        return (_rebuild_failure, (dumps_exception(self.exc), self.index, self.item_repr, self.tb))
-
-    @classmethod
-    def capture(cls, exc: BaseException, index: int, item: Any) -> ItemFailure:
-        """Wrap ``exc``; an exception that cannot be pickled is described instead."""
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        exc.__traceback__ = None
-        try:
-            pickle.loads(dumps_exception(exc))
-            carried: BaseException = exc
-        except Exception:  # noqa: BLE001 - any failure to round-trip the exception
-            carried = AutoparError(
-                f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} (the original exception could not be pickled)"
-            )
-        return cls(carried, index, _repr.repr(item), tb)
-
-
-def dumps_exception(exc: BaseException) -> bytes:
-    """Pickle an exception with Python's own reducers for exception classes.
-
-    Importing ``distributed`` registers tblib's reducer for every exception class
-    in ``copyreg``, process-wide and inherited by fork workers. It rebuilds an
-    exception without calling a C ``__init__``, so ``SystemExit.code`` or
-    ``ImportError.name`` would arrive empty; the standard reducers keep them.
-    """
-    table = {
-        cls: reducer
-        for cls, reducer in copyreg.dispatch_table.items()
-        if not (isinstance(cls, type) and issubclass(cls, BaseException))
-    }
-    buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, pickle.HIGHEST_PROTOCOL)
-    pickler.dispatch_table = table
-    pickler.dump(exc)
-    return buffer.getvalue()
-
-
-def _rebuild_failure(blob: bytes, index: int, item_repr: str, tb: str) -> ItemFailure:
-    return ItemFailure(pickle.loads(blob), index, item_repr, tb)
-
-
-def _dump_results(results: list[Any], start: int) -> bytes:
-    try:
-        return dumps(results)
-    except Exception:
-        for offset, result in enumerate(results):
-            try:
-                dumps(result)
-            except Exception as exc:  # noqa: BLE001
-                msg = (
-                    f"the result of item {start + offset} cannot be sent back from the worker: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                raise UnpicklableError(msg) from None
-        raise
-
-
 ChunkResult = tuple[int, "bytes | None", int, float, "bytes | None"]
 
 
@@ -287,6 +204,11 @@ def run_chunk(digest: str, function: bytes, start: int, blob: bytes) -> ChunkRes
         return start, None, os.getpid(), time.perf_counter() - began, dumps_exception(failure)
 
 
+def _exit_if_orphaned() -> None:
+    if os.getppid() != _parent_pid:  # the parent died: nobody will read the results
+        os._exit(70)
+
+
 def _run_chunk(digest: str, function: bytes, start: int, blob: bytes) -> ChunkResult:
     pid = os.getpid()
     if _cancel is not None and _cancel.value:
@@ -298,20 +220,8 @@ def _run_chunk(digest: str, function: bytes, start: int, blob: bytes) -> ChunkRe
     if slots is not None:
         slots[base + 1] = start
         slots[base + 2] = len(items)
-    results: list[Any] = []
-    append = results.append
-    parent = _parent_pid
-    getppid = os.getppid
-    index = start
-    for item in items:
-        if getppid() != parent:  # orphaned: nobody will read the results
-            os._exit(70)
-        try:
-            append(func(item))
-        except BaseException as exc:  # noqa: BLE001 - SystemExit too must reach the parent
-            raise ItemFailure.capture(exc, index, item) from None
-        index += 1
-    payload = _dump_results(results, start)
+    results = evaluate(func, items, start, _exit_if_orphaned)
+    payload = pickle_values(results, start, RESULT_CANNOT)
     if slots is not None:
         slots[base + 2] = 0
     return start, payload, pid, time.perf_counter() - began, None

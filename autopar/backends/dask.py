@@ -54,17 +54,27 @@ from ..errors import (
     AutoparError,
     DaskUnavailableError,
     NoClientError,
-    RemoteTraceback,
     TaskTimeoutError,
     UnpicklableError,
     WorkerCrashedError,
 )
 from ..model import Costs
 from ..notes import add_note
-from ..serialization import dumps, pickle_problem
+from ..serialization import Shipment, dumps
 from ..system import mark_worker
-from ._worker import ItemFailure, dumps_exception, echo
-from .base import span, stream, stream_chunks
+from ._worker import echo
+from .base import Sendable
+from .chunks import (
+    RESULT_CANNOT,
+    evaluate,
+    pickle_chunk,
+    pickle_values,
+    span,
+    stream,
+    stream_chunks,
+    translate_failure,
+)
+from .failures import ItemFailure, pickle_failure
 
 __all__ = [
     "INSTALL_HINT",
@@ -161,20 +171,8 @@ def _origin() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pickle_values(values: list[Any], start: int, cannot: str) -> bytes:
-    """Pickle a chunk's items or results, naming the first one that cannot be pickled."""
-    try:
-        return dumps(values)
-    except Exception:
-        for offset, value in enumerate(values):
-            problem = pickle_problem(value)
-            if problem is not None:
-                raise UnpicklableError(cannot.format(index=start + offset, problem=problem)) from None
-        raise
-
-
 def _pickle_chunk(chunk: Sequence[Any], start: int) -> bytes:
-    return _pickle_values(list(chunk), start, "item {index} cannot be sent to the cluster: {problem}")
+    return pickle_chunk(chunk, start, "the cluster")
 
 
 def _run_chunk(start: int, blob: bytes, fn: Callable[[Any], Any], origin: str) -> tuple[bool, bytes]:
@@ -187,34 +185,11 @@ def _run_chunk(start: int, blob: bytes, fn: Callable[[Any], Any], origin: str) -
     if origin != _origin():
         mark_worker()
     func = getattr(fn, "_autopar_raw", fn)  # an @auto_parallel wrapper: call the raw function
-    items = pickle.loads(blob)
-    results: list[Any] = []
-    append = results.append
-    index = start
     try:
-        for item in items:
-            try:
-                append(func(item))
-            except BaseException as exc:  # noqa: BLE001 - SystemExit too must reach the caller
-                raise ItemFailure.capture(exc, index, item) from None
-            index += 1
-        return True, _pickle_values(results, start, _RESULT_CANNOT)
+        results = evaluate(func, pickle.loads(blob), start)
+        return True, pickle_values(results, start, RESULT_CANNOT)
     except (ItemFailure, UnpicklableError) as failure:
-        return False, _pickle_failure(failure)
-
-
-def _pickle_failure(failure: BaseException) -> bytes:
-    """Pickle an exception with the standard reducers (see :func:`dumps_exception`:
-    ``distributed`` registers tblib's, which drop ``SystemExit.code`` and the like)."""
-    try:
-        blob = dumps_exception(failure)
-        pickle.loads(blob)
-    except Exception:  # noqa: BLE001 - any failure to round-trip: let tblib's reducers try
-        return pickle.dumps(failure, pickle.HIGHEST_PROTOCOL)
-    return blob
-
-
-_RESULT_CANNOT = "the result of item {index} cannot be sent back from the worker: {problem}"
+        return False, pickle_failure(failure)
 
 
 def _translate_failure(payload: bytes, start: int, count: int) -> BaseException:
@@ -224,12 +199,7 @@ def _translate_failure(payload: bytes, start: int, count: int) -> BaseException:
     except Exception as exc:  # noqa: BLE001 - any failure to rebuild the exception here
         msg = f"{span(start, count)} raised an exception that cannot be unpickled here: {type(exc).__name__}: {exc}"
         return UnpicklableError(msg)
-    if not isinstance(failure, ItemFailure):  # an UnpicklableError naming a result
-        return failure  # type: ignore[no-any-return]
-    original = failure.exc
-    original.__cause__ = RemoteTraceback(failure.tb)
-    add_note(original, f"autopar: raised while processing item {failure.index}: {failure.item_repr}")
-    return original
+    return translate_failure(failure)
 
 
 @dataclass
@@ -368,6 +338,11 @@ class _DaskRun:
                 future.release()
 
 
+def _callable(func: Sendable) -> Callable[[Any], Any]:
+    """The function itself: Dask pickles what it sends (cloudpickle), once per task graph."""
+    return func.func if isinstance(func, Shipment) else func
+
+
 def _by_start(chunk: _Chunk) -> int:
     return chunk.start
 
@@ -477,7 +452,7 @@ class DaskBackend:
 
     def map(
         self,
-        func: Callable[[Any], Any],
+        func: Sendable,
         items: Sequence[Any],
         *,
         start: int,
@@ -485,6 +460,7 @@ class DaskBackend:
         chunksize: int,
         timeout: float | None = None,
         progress: Callable[[int], None] | None = None,
+        busy: dict[int, float] | None = None,
     ) -> list[Any]:
         """Results of ``func`` on ``items[start:]``, in order: one task per chunk of ``chunksize``.
 
@@ -497,7 +473,7 @@ class DaskBackend:
         chunks = _chunks(items, start, max(1, chunksize))
         first = next(chunks)  # an unpicklable first item fails before anything is sent
         results: list[Any] = [None] * total
-        run = _DaskRun(self.client, func, timeout)
+        run = _DaskRun(self.client, _callable(func), timeout)
         abort = True
         try:
             run.submit(itertools.chain([first], chunks))
@@ -513,7 +489,7 @@ class DaskBackend:
 
     def imap(
         self,
-        func: Callable[[Any], Any],
+        func: Sendable,
         source: Iterator[Any],
         *,
         offset: int,
@@ -525,7 +501,7 @@ class DaskBackend:
     ) -> Iterator[Any]:
         """Stream results, reading ``source`` (whose first index is ``offset``) a few chunks ahead."""
         chunks = stream_chunks(source, offset, max(1, chunksize))
-        return self._imap(func, chunks, max(1, n_jobs), ordered, timeout, progress)
+        return self._imap(_callable(func), chunks, max(1, n_jobs), ordered, timeout, progress)
 
     def _imap(
         self,

@@ -9,8 +9,18 @@ from typing import Any
 
 from ..errors import TaskTimeoutError
 from ..notes import add_item_note
+from ..serialization import Shipment
+from .base import Sendable
 
 __all__ = ["SerialBackend"]
+
+
+def _callable(func: Sendable) -> Callable[[Any], Any]:
+    """What to call here: the function itself, never a pickled shipment of it."""
+    if isinstance(func, Shipment):
+        func = func.func
+    raw: Callable[[Any], Any] = getattr(func, "_autopar_raw", func)
+    return raw
 
 
 class SerialBackend:
@@ -20,14 +30,15 @@ class SerialBackend:
 
     def map(
         self,
-        func: Callable[[Any], Any],
+        func: Sendable,
         items: Sequence[Any],
         *,
         start: int = 0,
         n_jobs: int = 1,
         chunksize: int = 1,
-        progress: Callable[[int], None] | None = None,
         timeout: float | None = None,
+        progress: Callable[[int], None] | None = None,
+        busy: dict[int, float] | None = None,
     ) -> list[Any]:
         """``[func(x) for x in items[start:]]``, with the failing index noted.
 
@@ -40,6 +51,7 @@ class SerialBackend:
         iterator's position, which its ``__reduce__`` reports, names the failing
         item at no per-item cost.
         """
+        func = _callable(func)
         if progress is not None or timeout is not None:
             rest = itertools.islice(items, start, None)
             return list(self.imap(func, rest, offset=start, progress=progress, timeout=timeout))
@@ -61,17 +73,18 @@ class SerialBackend:
 
     def imap(
         self,
-        func: Callable[[Any], Any],
+        func: Sendable,
         source: Iterator[Any],
         *,
         offset: int = 0,
         n_jobs: int = 1,
         chunksize: int = 1,
         ordered: bool = True,
-        progress: Callable[[int], None] | None = None,
         timeout: float | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Iterator[Any]:
         """Yield ``func(x)`` for each remaining item of ``source`` (``timeout``: see ``map``)."""
+        func = _callable(func)
         index = offset
         deadline = None if timeout is None else time.monotonic() + timeout
         for item in source:

@@ -170,3 +170,31 @@ def test_token_changes_only_when_what_the_function_reads_changes() -> None:
     finally:
         stateful.SCALE = 1
     assert token(stateful.scaled_via_helper.__wrapped__) == before
+
+
+def test_cpu_bound_work_on_a_loaded_machine_is_not_taken_for_waiting_work() -> None:
+    """Time spent waiting for a CPU is not waiting on I/O (helper processes load both cores)."""
+    import multiprocessing as mp
+
+    from autopar.sampling import Sampler
+    from tests import workloads
+
+    ctx = mp.get_context("fork")
+    stop = ctx.Event()
+    hogs = [ctx.Process(target=_spin_until, args=(stop,)) for _ in range(4)]
+    for hog in hogs:
+        hog.start()
+    try:
+        sampler = Sampler(workloads.heavy_plain.__wrapped__)
+        sampler.run(iter(range(100)), max_items=100, budget_s=0.3)
+        sample = sampler.summary()
+    finally:
+        stop.set()
+        for hog in hogs:
+            hog.join(10)
+    assert sample.cpu_fraction > 0.5, sample
+
+
+def _spin_until(stop: Any) -> None:
+    while not stop.is_set():
+        pass
