@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .decorator import _IN_WORKER, AutoParallel, as_sequence
+from .decorator import AutoParallel
 from .plan import read_costs_record, read_plan_record, serial_plan
 from .planner import DEFAULT_TTL_S, Options, make_plan
+from .run import IN_WORKER, as_sequence
 from .store import get_store
 from .system import in_worker, usable_cpus
 from .workload import function_identity
@@ -37,19 +38,7 @@ def optimize(
     if isinstance(func, AutoParallel):
         if profile or not use_cache:
             items = as_sequence(data)
-            name, digest = function_identity(func.__wrapped__)
-            options = Options(func._options.max_workers, func._options.start_method, False, func._options.ttl)
-            planned = make_plan(
-                func.__wrapped__,
-                name,
-                digest,
-                iter(items),
-                len(items),
-                options,
-                get_store(),
-                profile=profile,
-                ship_problem=func._ship_problem,
-            )
+            planned = func.call().plan(iter(items), len(items), use_cache=False, profile=profile)
             return dataclasses.replace(planned.plan, data=items)
         return func.plan(data)
     if not callable(func):
@@ -57,7 +46,7 @@ def optimize(
         raise TypeError(msg)
     items = as_sequence(data)
     if in_worker():
-        return serial_plan(_IN_WORKER, data=items)
+        return serial_plan(IN_WORKER, data=items)
     name, digest = function_identity(func)
     options = Options(use_cache=use_cache and not profile)
     planned = make_plan(func, name, digest, iter(items), len(items), options, get_store(), profile=profile)

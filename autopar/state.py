@@ -198,7 +198,7 @@ class _Walk:
         code = func.__code__
         self.entries.append(id(code))
         self.keep.append(code)
-        for default in (func.__defaults__ or ()):
+        for default in func.__defaults__ or ():
             self.value(default, depth)
         for arg in (func.__kwdefaults__ or {}).values():
             self.value(arg, depth)

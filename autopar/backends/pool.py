@@ -422,8 +422,6 @@ def _stop_all_at_exit() -> None:
                 run.close(abort=True)
 
 
-
-
 def forget_active_in_child() -> list[PoolRun]:
     """After ``os.fork()``: the parent's pools, now listed nowhere (they are not ours)."""
     runs = list(_active)

@@ -166,5 +166,3 @@ class ProcessBackend:
         finally:
             if run is not None:
                 run.close(abort=abort)
-
-

@@ -63,3 +63,12 @@ def stuck_all(x: int) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(3600)
     return x
+
+
+@auto_parallel
+def waits(x: int) -> int:
+    """Waiting work (5 ms asleep): planned on more workers than CPUs."""
+    import time
+
+    time.sleep(0.005)
+    return x

@@ -1,0 +1,325 @@
+"""One run path: (plan, the caller's overrides, the backend) -> results + a RunRecord.
+
+``map``, ``imap``, timeouts and explicit arguments all go through here. The record
+says what actually ran; only a run that ran as planned is reported to the planner
+to learn from (an override says nothing about the plan).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from .backends import Backend, SerialBackend, check_backend, get_backend
+from .errors import NotIterableError
+from .plan import Plan, serial_plan
+from .planner import LEARN_MIN_S, Cluster, Options, Planned, learn, make_plan
+from .serialization import Shipment
+from .store import get_store
+from .system import in_worker, usable_cpus
+
+__all__ = ["IN_WORKER", "Call", "Execution", "RunRecord", "Target", "as_sequence", "iterate", "resolve"]
+
+IN_WORKER = "serial: inside a worker (no nested pools)"
+_FIXED = serial_plan("explicit n_jobs and chunksize")
+
+
+def as_sequence(iterable: Iterable[Any]) -> Sequence[Any]:
+    """Lists, tuples and ranges as they are; any other iterable read into a list."""
+    if isinstance(iterable, (list, tuple, range)):
+        return iterable
+    return list(iterate(iterable))
+
+
+def iterate(iterable: Iterable[Any]) -> Iterator[Any]:
+    """``iter(iterable)``, or :class:`NotIterableError` naming what was given."""
+    try:
+        return iter(iterable)
+    except TypeError:
+        msg = f"autopar needs an iterable of items, got {type(iterable).__name__}"
+        raise NotIterableError(msg) from None
+
+
+def length_hint(iterable: Iterable[Any]) -> int | None:
+    """The input's length when known (a sequence, or a length hint), else None."""
+    if isinstance(iterable, Sequence):
+        return len(iterable)
+    hint = operator.length_hint(iterable, 0)
+    return hint or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A call's backend: its name, the backend object, and for a cluster what planning needs."""
+
+    name: str
+    backend: Backend
+    cluster: Cluster | None = None
+
+    @classmethod
+    def named(cls, name: str, start_method: str) -> Target:
+        """The backend called ``name``; a cluster's is asked for its size and costs."""
+        check_backend(name)
+        if name == "dask" and in_worker():  # nested in a worker, a map runs serially anyway
+            return cls(name, SerialBackend())
+        backend = get_backend(name, start_method=start_method)
+        cluster = None
+        if name == "dask":
+            info = backend.cluster()  # type: ignore[attr-defined]
+            memory = info.memory_per_worker * info.workers
+            cluster = Cluster(info.fingerprint, info.threads, memory, backend.measure_costs)  # type: ignore[attr-defined]
+        return cls(name, backend, cluster)
+
+    @property
+    def parallel(self) -> str:
+        """The executor name a plan uses for this backend's parallel runs."""
+        return "dask" if self.name == "dask" else "process"
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """What a call will run: executor, workers and chunk size, and whether the plan chose them."""
+
+    executor: str
+    n_jobs: int
+    chunksize: int
+    as_planned: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """What actually ran, for learning and reports."""
+
+    executor: str
+    n_jobs: int
+    chunksize: int
+    n_items: int
+    wall_s: float
+    busy_s: float
+    as_planned: bool
+
+
+def resolve(
+    plan: Plan, *, n_jobs: int | None, chunksize: int | None, cap: int | None, remaining: int | None
+) -> Execution:
+    """Executor, workers and chunk size after explicit arguments override the plan."""
+    if n_jobs is None:
+        if plan.executor == "serial":
+            return Execution("serial", 1, 1, True)
+        size = chunksize if chunksize is not None else plan.chunksize
+        return Execution(plan.executor, plan.n_jobs, size, size == plan.chunksize)
+    n = n_jobs if cap is None else min(n_jobs, cap)
+    if remaining is not None:
+        n = min(n, max(1, remaining))
+    if n <= 1:
+        return Execution("serial", 1, 1, plan.executor == "serial")
+    if chunksize is None:
+        if plan.executor != "serial":
+            chunksize = plan.chunksize
+        elif remaining is not None:
+            chunksize = max(1, math.ceil(remaining / (4 * n)))  # Pool.map's default
+        else:
+            chunksize = 1
+    executor = plan.executor if plan.executor != "serial" else "process"
+    same = executor == plan.executor and n == plan.n_jobs and chunksize == plan.chunksize
+    return Execution(executor, n, chunksize, same)
+
+
+@dataclasses.dataclass
+class Call:
+    """One ``.map``/``.imap``/``.plan`` call of a decorated function: the values the run
+    path needs, handed over by the decorator (no private attributes are read)."""
+
+    func: Callable[[Any], Any]
+    name: str
+    digest: str
+    options: Options
+    chunksize: int | None
+    start_method: str
+    target: Target
+    shipment: Callable[[], Shipment]
+    ship_problem: Callable[[], str | None]
+    count: Callable[[bool | None], None]
+    learned: Callable[[], None]
+
+    def here(self) -> bool:
+        """True when items must run in this process (inside a worker, or backend="serial")."""
+        return in_worker() or self.target.name == "serial"
+
+    def plan(
+        self, source: Iterator[Any], n_items: int | None, *, use_cache: bool = True, profile: bool = False
+    ) -> Planned:
+        """Probe, look up, and on a miss sample, decide and store (see :mod:`autopar.planner`)."""
+        options = self.options if use_cache else dataclasses.replace(self.options, use_cache=False)
+        planned = make_plan(
+            self.func,
+            self.name,
+            self.digest,
+            source,
+            n_items,
+            options,
+            get_store(),
+            profile=profile,
+            ship_problem=self.ship_problem,
+            cluster=self.target.cluster,
+        )
+        self.count(planned.hit)
+        return planned
+
+    def sendable(self) -> Callable[[Any], Any] | Shipment:
+        """What the backend runs: the function itself here, its shipment elsewhere."""
+        return self.func if isinstance(self.target.backend, SerialBackend) else self.shipment()
+
+    # -- map ------------------------------------------------------------------------
+
+    def map(
+        self, items: Sequence[Any], n_jobs: int | None, chunksize: int | None, timeout: float | None, tick: Any
+    ) -> list[Any]:
+        """``[func(x) for x in items]`` as planned, overridden, or under a timeout."""
+        if len(items) == 0 or self.here() or (n_jobs == 1 and timeout is None):
+            # An item here cannot be interrupted: a timeout is checked between items
+            # (n_jobs=1 with a timeout gets one worker process, below).
+            return SerialBackend().map(self.func, items, start=0, progress=tick, timeout=timeout)
+        if timeout is not None:
+            return self._map_with_timeout(items, n_jobs, chunksize, timeout, tick)
+        chunksize = chunksize if chunksize is not None else self.chunksize
+        planned: Planned | None = None
+        done: list[Any] = []
+        if n_jobs is not None and chunksize is not None:  # nothing to plan
+            execution = resolve(
+                _FIXED, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=len(items)
+            )
+            execution = dataclasses.replace(execution, as_planned=False)
+        else:
+            planned = self.plan(iter(items), len(items))
+            done = planned.sampler.results
+            remaining = len(items) - len(done)
+            execution = resolve(
+                planned.plan, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=remaining
+            )
+            if tick is not None:
+                tick(len(done))
+        results, record = self._run(items, len(done), execution, tick)
+        if planned is not None:
+            self._learn(planned, record)
+        results[:0] = done  # a memmove; ``done + results`` would copy every result again
+        return results
+
+    def _run(self, items: Sequence[Any], start: int, execution: Execution, tick: Any) -> tuple[list[Any], RunRecord]:
+        busy: dict[int, float] = {}
+        began = time.perf_counter()
+        if execution.executor == "serial":
+            results = SerialBackend().map(self.func, items, start=start, progress=tick)
+        else:
+            results = self.target.backend.map(
+                self.shipment(),
+                items,
+                start=start,
+                n_jobs=execution.n_jobs,
+                chunksize=execution.chunksize,
+                progress=tick,
+                busy=busy,
+            )
+        wall_s = time.perf_counter() - began
+        busy_s = wall_s if execution.executor == "serial" else sum(busy.values())
+        record = RunRecord(
+            execution.executor,
+            execution.n_jobs,
+            execution.chunksize,
+            len(results),
+            wall_s,
+            busy_s,
+            execution.as_planned,
+        )
+        return results, record
+
+    def _map_with_timeout(
+        self, items: Sequence[Any], n_jobs: int | None, chunksize: int | None, timeout: float, tick: Any
+    ) -> list[Any]:
+        """Every item in workers, none here: an item stuck in this process could not be
+        interrupted, so the probe is skipped and Pool's default chunking is used."""
+        cap = self.options.max_workers
+        cluster = self.target.cluster
+        cpus = cluster.threads if cluster is not None else usable_cpus()
+        n = max(1, min(n_jobs or cpus, cap or len(items), len(items)))
+        size = chunksize or self.chunksize or max(1, math.ceil(len(items) / (4 * n)))
+        return self.target.backend.map(
+            self.shipment(), items, start=0, n_jobs=n, chunksize=size, timeout=timeout, progress=tick
+        )
+
+    def _learn(self, planned: Planned, record: RunRecord) -> None:
+        """Let the planner correct the stored plan from a run that ran as planned."""
+        if not record.as_planned or record.executor != planned.plan.executor:
+            return  # explicit arguments overrode the plan: this run says nothing about it
+        if record.executor not in ("serial", "process") or record.busy_s <= 0:
+            return  # a cluster ran it (no busy times yet)
+        if record.wall_s < LEARN_MIN_S or record.n_items <= 0:
+            return
+        store = get_store()
+        item_s = record.busy_s / record.n_items
+        n_run, wall_s = record.n_items, record.wall_s
+        if learn(planned, self.name, store, n_run=n_run, wall_s=wall_s, item_s=item_s, ship_problem=self.ship_problem):
+            self.learned()
+
+    # -- imap -----------------------------------------------------------------------
+
+    def imap(
+        self,
+        source: Iterator[Any],
+        n_items: int | None,
+        ordered: bool,
+        n_jobs: int | None,
+        chunksize: int | None,
+        tick: Any,
+    ) -> Iterator[Any]:
+        """Results as they come (``ordered``: in input order), planned as ``map`` is."""
+        if self.here() or n_jobs == 1:
+            yield from SerialBackend().imap(
+                self.func, source, offset=0, n_jobs=1, chunksize=1, ordered=True, progress=tick
+            )
+            return
+        chunksize = chunksize if chunksize is not None else self.chunksize
+        offset = 0
+        if n_jobs is not None and chunksize is not None:  # nothing to plan, as in map()
+            execution = resolve(
+                _FIXED, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=n_items
+            )
+        else:
+            planned = self.plan(source, n_items)
+            if tick is not None:
+                tick(len(planned.sampler.results))
+            yield from planned.sampler.results
+            offset = len(planned.sampler.items)
+            remaining = None if n_items is None else n_items - offset
+            execution = resolve(
+                planned.plan, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=remaining
+            )
+        if execution.executor == "serial":
+            yield from SerialBackend().imap(
+                self.func, source, offset=offset, n_jobs=1, chunksize=1, ordered=True, progress=tick
+            )
+            return
+        yield from self.target.backend.imap(
+            self.shipment(),
+            source,
+            offset=offset,
+            n_jobs=execution.n_jobs,
+            chunksize=execution.chunksize,
+            ordered=ordered,
+            progress=tick,
+        )
+
+    # -- plan -----------------------------------------------------------------------
+
+    def plan_only(self, items: Sequence[Any]) -> Plan:
+        """What ``map(items)`` would do (a few items are evaluated to measure them)."""
+        if in_worker():
+            return serial_plan(IN_WORKER, data=items)
+        if self.target.name == "serial":
+            return serial_plan("serial: backend='serial'", data=items)
+        planned = self.plan(iter(items), len(items))
+        return dataclasses.replace(planned.plan, data=items)
