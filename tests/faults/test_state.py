@@ -198,3 +198,20 @@ def test_cpu_bound_work_on_a_loaded_machine_is_not_taken_for_waiting_work() -> N
 def _spin_until(stop: Any) -> None:
     while not stop.is_set():
         pass
+
+
+@pytest.mark.usefixtures("restore_state")
+def test_alternating_functions_share_one_warm_pool(start_method: str) -> None:
+    from autopar.backends.process import WarmPools
+
+    def warm_pids() -> set[int]:
+        (run,) = WarmPools.idle()
+        return {p.pid for p in run.workers}
+
+    assert stateful.scaled.map(ITEMS, **RUN) == ITEMS
+    pool = warm_pids()
+    for _ in range(2):
+        assert set(stateful.pid.map(range(40), n_jobs=2, chunksize=1)) <= pool
+        assert stateful.scaled_via_helper.map(ITEMS, **RUN) == ITEMS
+        assert stateful.scaled.map(ITEMS, **RUN) == ITEMS
+    assert warm_pids() == pool, "nothing changed: no function should have needed new workers"
