@@ -45,7 +45,7 @@ def _age(seconds: float) -> str:
 
 def _plans() -> list[dict[str, Any]]:
     from .plan import read_plan_record
-    from .store import read_rows
+    from .store_admin import read_rows
     from .system import usable_cpus
 
     now, cpus = time.time(), usable_cpus()
@@ -83,7 +83,7 @@ def _cache_dir() -> Path:
 
 def _cache_info(args: argparse.Namespace) -> int:
     """Read-only: a store autopar cannot use is reported (exit 1), never set aside or created."""
-    from .store import StoreError, inspect_store
+    from .store_admin import StoreError, inspect_store
 
     directory = _cache_dir()
     try:
@@ -127,7 +127,7 @@ def _cache_list(args: argparse.Namespace) -> int:
 
 def _cache_clear(args: argparse.Namespace) -> int:
     from .planner import forget_hints
-    from .store import StoreError, clear_directory
+    from .store_admin import StoreError, clear_directory
 
     name = None if args.function is None else _function_name(args.function)
     try:
