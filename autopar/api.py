@@ -7,12 +7,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .backends import ProcessBackend
 from .decorator import AutoParallel
 from .plan import read_costs_record, read_plan_record, serial_plan
 from .planner import DEFAULT_TTL_S, Options, make_plan
 from .run import IN_WORKER, as_sequence
 from .store import get_store
-from .system import in_worker, usable_cpus
+from .system import default_start_method, in_worker, usable_cpus
 from .workload import function_identity
 
 __all__ = ["clear_cache", "optimize", "prune_expired_cache"]
@@ -49,7 +50,10 @@ def optimize(
         return serial_plan(IN_WORKER, data=items)
     name, digest = function_identity(func)
     options = Options(use_cache=use_cache and not profile)
-    planned = make_plan(func, name, digest, iter(items), len(items), options, get_store(), profile=profile)
+    measure = ProcessBackend(default_start_method()).measure_costs
+    planned = make_plan(
+        func, name, digest, iter(items), len(items), options, get_store(), profile=profile, measure=measure
+    )
     return dataclasses.replace(planned.plan, data=items)
 
 

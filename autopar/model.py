@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "MIN_SPEEDUP",
@@ -123,6 +123,41 @@ class Workload:
     pickle_s: float = 0.0
     worker_bytes: float = 0.0
     """Memory one worker process needs before any item (its interpreter, imports)."""
+
+    def to_record(self, time_bucket: int, size_bucket: str) -> dict[str, Any]:
+        """The plain dict stored with a plan (what it was made from)."""
+        return {
+            "n_items": self.n_items,
+            "size_bucket": size_bucket,
+            "time_bucket": time_bucket,
+            "item_s": self.item_s,
+            "cv": self.cv,
+            "cpu_fraction": self.cpu_fraction,
+            "in_bytes": self.in_bytes,
+            "out_bytes": self.out_bytes,
+            "pickle_s": self.pickle_s,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], *, n_items: int | None, item_s: float) -> Workload:
+        """A workload read back from a stored plan's dict (untrusted: numbers checked)."""
+
+        def num(name: str, default: float) -> float:
+            value = record.get(name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            return float(value) if ok else default  # type: ignore[arg-type]
+
+        cv = record.get("cv")
+        cv_ok = isinstance(cv, (int, float)) and not isinstance(cv, bool) and math.isfinite(cv)
+        return cls(
+            n_items=n_items,
+            item_s=item_s,
+            cv=float(cv) if cv_ok else None,  # type: ignore[arg-type]
+            cpu_fraction=num("cpu_fraction", 1.0),
+            in_bytes=num("in_bytes", 0.0),
+            out_bytes=num("out_bytes", 0.0),
+            pickle_s=num("pickle_s", 0.0),
+        )
 
 
 @dataclass(frozen=True)

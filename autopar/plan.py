@@ -18,6 +18,7 @@ from .model import IO_BOUND_CPU_FRACTION, Costs, worker_limit
 from .system import SystemInfo
 
 __all__ = [
+    "DEFAULT_TTL_S",
     "MAX_CHUNKSIZE",
     "MEMORY_TOLERANCE",
     "Plan",
@@ -28,8 +29,12 @@ __all__ = [
     "read_plan_record",
     "serial_plan",
     "stale_reason",
+    "stored_plan",
 ]
 
+#: Plans, and the machine costs they are made from, are re-measured after a week
+#: (the prior library's proven default): kernels, Python builds and load drift.
+DEFAULT_TTL_S = 7 * 24 * 3600.0
 #: Largest chunk size ever used: a poisoned record cannot make one task carry
 #: more than a million items.
 MAX_CHUNKSIZE = 1 << 20
@@ -61,6 +66,21 @@ class Plan:
     profile: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     learned: int = 0
     """How many times real runs corrected this stored plan (0: as first planned)."""
+
+
+def stored_plan(record: PlanRecord, start_method: str) -> Plan:
+    """The :class:`Plan` a validated stored record describes."""
+    return Plan(
+        executor=record.executor,
+        n_jobs=record.n_jobs,
+        chunksize=record.chunksize,
+        estimated_speedup=record.estimated_speedup,
+        reason=record.reason,
+        warnings=record.warnings,
+        from_cache=True,
+        start_method=start_method,
+        learned=record.learned,
+    )
 
 
 def serial_plan(reason: str, *, start_method: str = "", data: Any = None) -> Plan:

@@ -16,8 +16,10 @@ from typing import Any
 
 from .backends import Backend, SerialBackend, check_backend, get_backend
 from .errors import NotIterableError
+from .learning import LEARN_MIN_S, learn
+from .model import Costs
 from .plan import Plan, serial_plan
-from .planner import LEARN_MIN_S, Cluster, Options, Planned, learn, make_plan
+from .planner import Cluster, Options, Planned, make_plan
 from .serialization import Shipment
 from .store import get_store
 from .system import in_worker, usable_cpus
@@ -75,9 +77,10 @@ class Target:
         return cls(name, backend, cluster)
 
     @property
-    def parallel(self) -> str:
-        """The executor name a plan uses for this backend's parallel runs."""
-        return "dask" if self.name == "dask" else "process"
+    def measure(self) -> Callable[[], Costs] | None:
+        """How this backend measures its own costs (None: it has none to measure)."""
+        measure: Callable[[], Costs] | None = getattr(self.backend, "measure_costs", None)
+        return measure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +169,7 @@ class Call:
             profile=profile,
             ship_problem=self.ship_problem,
             cluster=self.target.cluster,
+            measure=self.target.measure,
         )
         self.count(planned.hit)
         return planned

@@ -8,10 +8,12 @@ pools or caches; it turns clocks and pickle sizes into a :class:`Sample`.
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import statistics
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,13 +63,18 @@ class Sample:
 
     @property
     def mean_s(self) -> float:
-        """Mean seconds per item (the quantity total work scales with)."""
-        return statistics.fmean(self.steady) if self.times else 0.0
+        """Mean seconds per item (the quantity total work scales with), less the time
+        spent waiting for a CPU on a busy machine."""
+        if not self.times:
+            return 0.0
+        return without_waits(statistics.fmean(self.steady), _runnable_share(self.times, self.runnable_s))
 
     @property
     def median_s(self) -> float:
-        """Median seconds per item."""
-        return statistics.median(self.steady) if self.times else 0.0
+        """Median seconds per item, less CPU waits (see :attr:`mean_s`)."""
+        if not self.times:
+            return 0.0
+        return without_waits(statistics.median(self.steady), _runnable_share(self.times, self.runnable_s))
 
     @property
     def cv(self) -> float | None:
@@ -107,16 +114,38 @@ class Sample:
 
 
 _SCHEDSTAT = "/proc/thread-self/schedstat"
+_schedstat = threading.local()
 
 
 def runnable_seconds() -> float:
     """Seconds this thread has spent ready to run but waiting for a CPU (Linux
-    ``schedstat``'s run-queue time); 0 where the kernel does not say."""
+    ``schedstat``'s run-queue time); 0 where the kernel does not say.
+
+    The file is opened once per thread and re-read with ``pread`` (~1 us), so every
+    probe can afford two readings.
+    """
+    fd = getattr(_schedstat, "fd", None)
     try:
-        with open(_SCHEDSTAT, "rb") as f:
-            return int(f.read().split()[1]) / 1e9
+        if fd is None or getattr(_schedstat, "pid", None) != os.getpid():
+            _schedstat.pid = os.getpid()
+            _schedstat.fd = -1  # until it opens: not available here, do not try again
+            fd = _schedstat.fd = os.open(_SCHEDSTAT, os.O_RDONLY | os.O_CLOEXEC)
+        if fd < 0:
+            return 0.0
+        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _runnable_share(times: Sequence[float], runnable_s: float) -> float:
+    """Each item's share of the time spent waiting for a CPU (a loaded machine)."""
+    return runnable_s / len(times) if times and runnable_s > 0 else 0.0
+
+
+def without_waits(seconds: float, share: float) -> float:
+    """An item's time less its share of CPU waits, never below a quarter of it: what
+    the item costs on an idle CPU, so plans and buckets hold on a busy machine."""
+    return max(seconds - share, 0.25 * seconds)
 
 
 class Sampler:
@@ -135,6 +164,14 @@ class Sampler:
     def elapsed_s(self) -> float:
         """Wall seconds spent evaluating items so far."""
         return self._wall
+
+    def median_s(self) -> float:
+        """Median seconds per item so far, less CPU waits: the probe's time bucket
+        must not move because other programs load the machine."""
+        if not self.times:
+            return 0.0
+        median = sorted(self.times)[len(self.times) // 2]
+        return without_waits(median, _runnable_share(self.times, self._runnable))
 
     def run(self, source: Iterator[Any], *, max_items: int, budget_s: float) -> bool:
         """Evaluate up to ``max_items`` more items or until ``budget_s`` is spent.

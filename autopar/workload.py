@@ -18,8 +18,12 @@ from ._version import CACHE_FORMAT
 
 __all__ = [
     "TIME_UNIT_S",
+    "costs_key",
     "function_identity",
+    "hint_key",
+    "key_time_bucket",
     "plan_key",
+    "plan_prefix",
     "size_bucket",
     "time_bucket",
 ]
@@ -159,3 +163,23 @@ def plan_key(
     """
     cap = "any" if max_workers is None else str(max_workers)
     return f"plan:v{CACHE_FORMAT}:{name}:{digest}:{start_method}:c{cpus}:w{cap}:{size}:t{tbucket}"
+
+
+def plan_prefix(name: str) -> str:
+    """The key prefix shared by every plan of the function called ``name``."""
+    return f"plan:v{CACHE_FORMAT}:{name}:"
+
+
+def hint_key(plan_key_: str) -> str:
+    """The hint row for a plan key: the same key without its time bucket."""
+    return "hint:" + plan_key_.rsplit(":t", 1)[0]
+
+
+def key_time_bucket(plan_key_: str) -> int:
+    """The time bucket a plan key ends with (``...:t12`` -> 12)."""
+    return int(plan_key_.rsplit(":t", 1)[1])
+
+
+def costs_key(start_method: str, cpus: int) -> str:
+    """Store key of the measured costs for a start method (or cluster) and CPU count."""
+    return f"costs:v{CACHE_FORMAT}:{start_method}:c{cpus}"

@@ -48,7 +48,7 @@ def cold_planning(method: str, repeat: int) -> dict[str, float]:
     """Planning overhead of a miss: wall time of .plan() minus the sampled items' work."""
     multiprocessing.set_start_method(method, force=True)
     from autopar import optimize
-    from autopar.calibration import measure_costs
+    from autopar.backends.calibration import measure_costs
 
     t0 = time.perf_counter()
     measure_costs(method)

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from autopar import system
+from autopar import costs, system
+from autopar.backends import ProcessBackend
+from autopar.store import get_store
+from tests.conftest import START_METHODS
 
 
 def test_cgroup_v2_quota(tmp_path: Path) -> None:
@@ -54,3 +57,16 @@ def test_fingerprint_names_the_start_method(method: str) -> None:
     assert info.start_method == method
     assert info.available_memory > 0
     assert info.usable_cpus == system.usable_cpus()
+
+
+@pytest.mark.real_costs
+@pytest.mark.parametrize("method", START_METHODS)
+def test_this_machines_costs_are_timed_on_a_real_pool_once(method: str) -> None:
+    info = system.current_system(method)
+    measure = ProcessBackend(method).measure_costs
+    measured = costs.load_or_measure_costs(get_store(), info, measure)
+    assert measured.measured
+    assert measured.worker_start_s > 0
+    assert measured.chunk_s > 0
+    assert measured.byte_s > 0
+    assert costs.load_or_measure_costs(get_store(), info, measure) == measured, "read back, not timed again"

@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from ..model import Costs
 from ..serialization import Shipment
+from . import calibration
 from .chunks import chunk_slices, collect, pickle_chunk, stream, stream_chunks
 from .pool import PoolRun, as_shipment
 from .warm import POOL_IDLE_TIMEOUT_S, WarmPools, shutdown
@@ -69,6 +71,10 @@ class ProcessBackend:
             run.known[shipment.key] = shipment.token  # its workers started with this state
             run._keep.append(shipment.keep)
         return run
+
+    def measure_costs(self) -> Costs:
+        """This machine's costs for this start method, timed on a real pool of two."""
+        return calibration.measure_costs(self.start_method)
 
     def map(
         self,
