@@ -1,19 +1,26 @@
 """autopar: a drop-in parallel map that measures before it parallelises.
 
-::
+One call walks straight through the package, each step in its own module::
 
-    @auto_parallel ─► decorator (thin: options, counters, pickling by reference)
-       .map(items) ─► workload key (function fingerprint + buckets) ─► plan store
-                          │ miss                                    (diskcache, JSON only)
-                          ▼                                               ▲
-                      sampler (clocks, pickle sizes) ─► cost model ─► Plan
-                                                                          │
-                                          backend (serial | process | dask)
+    decorator   AutoParallel: proxy, options, counters, cache_info/parameters/clear
+       │ .map / .imap / .plan
+    run         Call: (plan, overrides, backend) -> results + RunRecord
+       │ plan                                        │ runs that ran as planned
+    planner     probe -> look up -> sample -> decide -> save    learning
+       │  sampling (clocks, CPU waits, pickle sizes)   model (pure cost model)
+       │  workload (fingerprint, buckets, keys)        plan (Plan, stored records)
+       │  costs (measured costs kept)   hints   store (+ store_sqlite, store_admin)
+       ▼ execution
+    backends    registry of Backend: serial | process | dask
+                  chunks (one pipeline: cut, pickle, evaluate, translate, collect)
+                  process -> pool (a watched Pool) + warm (kept between calls)
+                  _worker (in the workers), failures, calibration (measures itself)
+    shipping    how the function reaches workers; state: what it reads, as a token
 
-A call probes a few items (keeping their results), looks up a stored plan for
-this function and workload bucket, and on a miss samples, decides with a pure
-cost model and stores the decision. The work then runs serially or on a real
-``multiprocessing.Pool``.
+A call probes a few items (keeping their results), looks up a stored plan for this
+function and workload bucket, and on a miss samples, decides with a pure cost model
+and stores the decision. The work then runs serially or on a backend. Everything
+outside ``__all__`` is internal and may change without notice.
 """
 
 from ._version import __version__
