@@ -17,7 +17,6 @@ stopped by an exit hook that starts no thread.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import logging
@@ -28,11 +27,9 @@ import os
 import pickle
 import queue
 import signal
-import sys
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import TaskTimeoutError, UnpicklableError, WorkerCrashedError
@@ -42,8 +39,9 @@ from ..system import usable_cpus
 from ._worker import SLOT_FIELDS, init_worker, run_chunk
 from .chunks import pickle_chunk, span, translate_failure
 from .failures import ItemFailure
+from .lifecycle import TEARDOWN_WAIT_S, exiting, hurry_on_interrupt, new_pool, track, untrack
 
-__all__ = ["PoolRun", "as_shipment"]
+__all__ = ["TEARDOWN_WAIT_S", "PoolRun", "as_shipment"]
 
 logger = logging.getLogger("autopar")
 
@@ -55,8 +53,6 @@ POLL_S = 0.05
 EXIT_STATUS_WAIT_S = 0.2
 #: After a failure, workers get this long to exit on SIGTERM before SIGKILL.
 TERMINATE_GRACE_S = 1.0
-#: And Pool's own teardown gets this long after SIGKILL before it is abandoned.
-TEARDOWN_WAIT_S = 2.0
 
 # Raised by a Pool worker whose result cannot be pickled (missing from typeshed).
 _MaybeEncodingError: type[Exception] = getattr(multiprocessing.pool, "MaybeEncodingError")  # noqa: B009
@@ -78,44 +74,6 @@ def as_shipment(func: Callable[[Any], Any] | Shipment) -> Shipment:
     return func if isinstance(func, Shipment) else Shipment.of(func)
 
 
-def _new_pool(ctx: Any, n_jobs: int, initargs: tuple[Any, ...]) -> multiprocessing.pool.Pool:
-    """A Pool whose workers cannot outlive an interrupt that lands while it starts.
-
-    ``Pool.__init__`` cleans up after an ``Exception`` but not after a
-    ``KeyboardInterrupt``: workers already started would be left running. The object
-    is made before ``__init__`` runs, so whatever it started can be found and killed.
-    """
-    before = set(getattr(multiprocessing.process, "_children", ()))
-    pool = multiprocessing.pool.Pool.__new__(multiprocessing.pool.Pool)
-    try:
-        pool.__init__(n_jobs, initializer=init_worker, initargs=initargs, context=ctx)  # type: ignore[misc]
-    except BaseException:
-        _kill_half_made(pool, before)
-        raise
-    return pool
-
-
-def _kill_half_made(pool: multiprocessing.pool.Pool, before: set[Any]) -> None:
-    """Stop what a Pool that failed to start had started: handler threads, workers."""
-    with contextlib.suppress(Exception):
-        pool._state = multiprocessing.pool.TERMINATE  # type: ignore[attr-defined]
-        for name in ("_worker_handler", "_task_handler", "_result_handler"):
-            handler = getattr(pool, name, None)
-            if handler is not None:
-                handler._state = multiprocessing.pool.TERMINATE
-    started = list(getattr(pool, "_pool", ()))
-    started += [p for p in getattr(multiprocessing.process, "_children", ()) if p not in before]
-    for process in started:
-        with contextlib.suppress(Exception):
-            process.kill()
-    for process in started:
-        with contextlib.suppress(Exception):
-            process.join(TEARDOWN_WAIT_S)
-    finalizer = getattr(pool, "_terminate", None)
-    if finalizer is not None:
-        finalizer.cancel()
-
-
 class PoolRun:
     """A pool and the call it serves now: submit chunks, receive them, detect dead workers.
 
@@ -135,8 +93,9 @@ class PoolRun:
         # current simple globals. Fork workers hold this process's memory already.
         overlay = known_simple_globals() if self.start_method != "fork" else None
         threads = max(1, usable_cpus() // n_jobs)
-        self.pool: multiprocessing.pool.Pool = _new_pool(ctx, n_jobs, (self._slots, self._cancel, threads, overlay))
-        _track(self)
+        initargs = (self._slots, self._cancel, threads, overlay)
+        self.pool: multiprocessing.pool.Pool = new_pool(ctx, n_jobs, init_worker, initargs)
+        track(self)
         # Private, but the only way to see a dead worker: Pool replaces it silently.
         self.workers: list[Any] = list(getattr(self.pool, "_pool"))  # noqa: B009
         self.done: queue.SimpleQueue[tuple[int, bool, Any]] = queue.SimpleQueue()
@@ -317,13 +276,13 @@ class PoolRun:
             self.release(self)
             return
         self._closed = True
-        _active.discard(self)
+        untrack(self)
         if not abort:
             self.pool.close()
             self.pool.join()
             return
         self._cancel.value = 1
-        with _hurry_on_interrupt(self):
+        with hurry_on_interrupt(self):
             self._abort()
 
     def everyone(self) -> list[Any]:
@@ -339,7 +298,7 @@ class PoolRun:
 
     def _abort(self) -> None:
         everyone = self.everyone()
-        if _exiting or sys.is_finalizing():
+        if exiting():
             # No thread may start now (3.12+ raises, 3.10/3.11 can hang in final
             # garbage collection): kill the workers, and drop Pool's own teardown,
             # which could wait on a lock a killed worker held.
@@ -359,71 +318,3 @@ class PoolRun:
         teardown.join(TEARDOWN_WAIT_S)
         if teardown.is_alive():
             logger.debug("autopar: multiprocessing's teardown is wedged; workers were killed")
-
-
-#: Runs in use or kept warm, to stop at interpreter exit before anything else.
-_active: weakref.WeakSet[PoolRun] = weakref.WeakSet()
-_exiting = False
-_exit_hook = False
-
-
-def _track(run: PoolRun) -> None:
-    """Note a new pool; the first one registers the exit hook (after multiprocessing's,
-    so it runs before it)."""
-    global _exit_hook
-    _active.add(run)
-    if not _exit_hook:
-        _exit_hook = True
-        atexit.register(_stop_all_at_exit)
-
-
-@contextlib.contextmanager
-def _hurry_on_interrupt(run: PoolRun) -> Iterator[None]:
-    """While a pool is being stopped, a further Ctrl-C kills its workers at once.
-
-    The stop is already bounded (terminate, a grace period, SIGKILL); a second
-    Ctrl-C must make it faster, never interrupt it halfway and leave workers behind
-    (multiprocessing's exit hook would then wait forever on workers that ignore
-    SIGTERM). The interrupt is raised once the workers are gone.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    interrupted = False
-
-    def hurry(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        interrupted = True
-        run.kill()
-
-    try:
-        previous = signal.signal(signal.SIGINT, hurry)
-    except (ValueError, OSError):  # not the main interpreter, or signals unavailable
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if interrupted:
-        raise KeyboardInterrupt
-
-
-def _stop_all_at_exit() -> None:
-    """At interpreter exit: stop pools still in use (a started ``imap`` left
-    referenced) before multiprocessing's own exit hook and final garbage
-    collection, where a generator's cleanup could not start a thread."""
-    global _exiting
-    _exiting = True
-    for run in list(_active):
-        with contextlib.suppress(Exception):
-            run._reusable = False
-            if run.owner_pid == os.getpid():
-                run.close(abort=True)
-
-
-def forget_active_in_child() -> list[PoolRun]:
-    """After ``os.fork()``: the parent's pools, now listed nowhere (they are not ours)."""
-    runs = list(_active)
-    _active.clear()
-    return runs

@@ -15,7 +15,8 @@ import os
 import threading
 from typing import Any, ClassVar
 
-from .pool import PoolRun, forget_active_in_child
+from .lifecycle import forget_active_in_child
+from .pool import PoolRun
 
 __all__ = ["POOL_IDLE_TIMEOUT_S", "WarmPools", "shutdown"]
 
