@@ -60,9 +60,16 @@ class ShippedFunction:
         return self.func(item)
 
 
+#: Functions kept unpickled per worker; a caller whose state keeps changing sends
+#: new versions, and the oldest are dropped past this many.
+_SHIPPED_MAX = 64
+
+
 def _load_shipped(digest: str, blob: bytes) -> Callable[[Any], Any]:
     func = _shipped.get(digest)
     if func is None:
+        if len(_shipped) >= _SHIPPED_MAX:
+            _shipped.clear()
         func = _shipped[digest] = pickle.loads(blob)
     return func
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CacheWarning
+from .system import on_fork_in_child
 
 if TYPE_CHECKING:
     pass  # imported where used: ``import autopar`` stays without it
@@ -392,7 +393,6 @@ def _reset_after_fork() -> None:
         store._lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+on_fork_in_child(_reset_after_fork)
 
 

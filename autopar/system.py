@@ -14,6 +14,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ __all__ = [
     "default_start_method",
     "in_worker",
     "mark_worker",
+    "on_fork_in_child",
     "usable_cpus",
 ]
 
@@ -206,5 +208,19 @@ def _after_fork_in_child() -> None:
     _forget_parents_forkserver()
 
 
+_fork_hooks: list[Callable[[], None]] = [_after_fork_in_child]
+
+
+def on_fork_in_child(hook: Callable[[], None]) -> None:
+    """Run ``hook`` in a child made by ``os.fork()``: the one place autopar's modules
+    say what a child must forget of its parent (locks held mid-fork, pools, stores)."""
+    _fork_hooks.append(hook)
+
+
+def _run_fork_hooks() -> None:
+    for hook in _fork_hooks:
+        hook()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=_run_fork_hooks)

@@ -15,6 +15,7 @@ import os
 import threading
 from typing import Any, ClassVar
 
+from ..system import on_fork_in_child
 from .lifecycle import forget_active_in_child
 from .pool import PoolRun
 
@@ -153,4 +154,4 @@ def shutdown() -> int:
     return WarmPools.shutdown()
 
 
-os.register_at_fork(after_in_child=WarmPools._forget_in_child)
+on_fork_in_child(WarmPools._forget_in_child)
