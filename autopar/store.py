@@ -49,6 +49,7 @@ __all__ = ["STATEMENT_DEADLINE_S", "PlanStore", "StoreError", "get_cache_dir", "
 
 logger = logging.getLogger("autopar")
 
+
 def get_cache_dir() -> Path:
     """Where plans are stored: ``$AUTOPAR_CACHE_DIR``, else ``$XDG_CACHE_HOME/autopar``
     (absolute values only, as the XDG spec says), else ``~/.cache/autopar``.
@@ -56,8 +57,10 @@ def get_cache_dir() -> Path:
     Raises ``RuntimeError`` when the home directory cannot be found (no ``HOME``
     and no passwd entry); ``.map`` then plans in memory.
 
-    >>> get_cache_dir().name
-    'autopar-cache'
+    >>> import os
+    >>> os.environ["AUTOPAR_CACHE_DIR"] = "/tmp/my-plans"
+    >>> str(get_cache_dir())
+    '/tmp/my-plans'
     """
     found = _find_cache_dir()
     if isinstance(found, str):
