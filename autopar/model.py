@@ -276,6 +276,45 @@ def memory_needed(w: Workload, n_jobs: int, chunksize: int) -> float:
     return n_jobs * (_finite(w.worker_bytes) + per_chunk)
 
 
+def _best_per_worker_count(
+    w: Workload, costs: Costs, limit: int, usable_cpus: int, budget: float, considered: list[Candidate]
+) -> list[Candidate]:
+    """For each worker count from 2 to ``limit``, its fastest chunk size that fits in
+    memory (ties go to the larger chunk); every pair weighed is added to ``considered``."""
+    best_per_n: list[Candidate] = []
+    for n_jobs in range(2, limit + 1):
+        best: Candidate | None = None
+        for chunksize in sorted(set(_chunk_candidates(w.n_items, n_jobs, _finite(w.item_s)))):
+            if memory_needed(w, n_jobs, chunksize) > budget:
+                continue
+            predicted = predict_parallel(w, costs, n_jobs, chunksize, usable_cpus)
+            considered.append(Candidate(n_jobs, chunksize, predicted))
+            if (
+                best is None
+                or predicted < best.predicted_s
+                or (predicted == best.predicted_s and chunksize > best.chunksize)
+            ):
+                best = Candidate(n_jobs, chunksize, predicted)
+        if best is not None:
+            best_per_n.append(best)
+    return best_per_n
+
+
+def _why_this_many(
+    choice: Candidate, best_per_n: list[Candidate], limit: int, usable_cpus: int, cpu_fraction: float
+) -> str:
+    """The reason's tail when memory capped the workers, or waiting work exceeds the CPUs."""
+    waits = ""
+    if max(c.n_jobs for c in best_per_n) < limit:
+        waits = f"; memory allows at most {max(c.n_jobs for c in best_per_n)} workers"
+    if choice.n_jobs > usable_cpus:
+        waits = (
+            f"; I/O-bound (CPU {cpu_fraction:.0%} of wall time), so {choice.n_jobs} workers "
+            f"on {max(1, usable_cpus)} CPUs overlap the waits"
+        )
+    return waits
+
+
 def choose_plan(
     w: Workload,
     costs: Costs,
@@ -320,23 +359,7 @@ def choose_plan(
         why = "max_workers allows one" if max_workers is not None and max_workers < 2 else "1 CPU is usable"
         return serial(f"serial: only one worker possible ({why})")
 
-    best_per_n: list[Candidate] = []
-    for n_jobs in range(2, limit + 1):
-        best: Candidate | None = None
-        for chunksize in sorted(set(_chunk_candidates(n_items, n_jobs, t))):
-            if memory_needed(w, n_jobs, chunksize) > budget:
-                continue
-            predicted = predict_parallel(w, costs, n_jobs, chunksize, usable_cpus)
-            considered.append(Candidate(n_jobs, chunksize, predicted))
-            if (
-                best is None
-                or predicted < best.predicted_s
-                or (predicted == best.predicted_s and chunksize > best.chunksize)
-            ):
-                best = Candidate(n_jobs, chunksize, predicted)
-        if best is not None:
-            best_per_n.append(best)
-
+    best_per_n = _best_per_worker_count(w, costs, limit, usable_cpus, budget, considered)
     if not best_per_n:
         return serial(
             f"serial: {(memory_bytes or 0) / 2**20:,.0f} MiB available is not enough for two workers "
@@ -355,15 +378,7 @@ def choose_plan(
             f"below the {MIN_SPEEDUP}x needed",
             candidates,
         )
-    waits = ""
-    most = max(c.n_jobs for c in best_per_n)
-    if most < limit:
-        waits = f"; memory allows at most {most} workers"
-    if choice.n_jobs > usable_cpus:
-        waits = (
-            f"; I/O-bound (CPU {cpu_fraction:.0%} of wall time), so {choice.n_jobs} workers "
-            f"on {max(1, usable_cpus)} CPUs overlap the waits"
-        )
+    waits = _why_this_many(choice, best_per_n, limit, usable_cpus, cpu_fraction)
     return Decision(
         "process",
         choice.n_jobs,
