@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench bench-overhead clean
+.PHONY: demo test test-all test-pythons lint bench bench-overhead clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""
 
+# The suite on each CPython in noxfile.py (pyenv's), or on some: make test-pythons PYTHONS="3.10 3.13"
+test-pythons: $(STAMP)
+	$(BIN)/nox --session tests $(if $(PYTHONS),--python $(PYTHONS))
+
 lint: $(STAMP)
-	$(BIN)/ruff check autopar tests benchmarks examples
+	$(BIN)/ruff check autopar tests benchmarks examples noxfile.py
 	$(BIN)/mypy
 
 bench: $(STAMP)

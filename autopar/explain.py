@@ -4,7 +4,8 @@
 returns an :class:`Explanation`, whose ``str()`` is a readable report: the
 measurements, the machine's costs, the predicted time of every configuration
 weighed, the choice and its reason. With ``run=True`` it also runs the whole
-workload once per worker count (1 = the serial loop), so the report adds wall
+workload once per worker count up to the usable CPUs (1 = the serial loop), and
+with the chosen plan's count when that is more, so the report adds wall
 time, per-worker busy time, the overhead share and predicted against actual;
 ``Explanation.plot(path)`` draws predicted against measured speedup.
 """
@@ -70,7 +71,7 @@ class Explanation:
     plan: Plan
     profile: dict[str, Any]
     runs: dict[int, RunStats] = field(default_factory=dict)
-    """Real runs by worker count (1 = the serial loop), when ``run=True``."""
+    """Real runs by worker count (1 = the serial loop, and the chosen plan's), when ``run=True``."""
 
     @property
     def serial_s(self) -> float:
@@ -136,15 +137,22 @@ class Explanation:
             "  workers  chunksize    predicted   speedup",
         ]
         considered = sorted(self.profile.get("considered", []), key=lambda x: x["predicted_s"])
-        for cand in considered[:_SHOWN_CANDIDATES]:
-            chosen = p.executor == "process" and (cand["n_jobs"], cand["chunksize"]) == (p.n_jobs, p.chunksize)
+
+        def is_chosen(cand: dict[str, Any]) -> bool:
+            return p.executor == "process" and (cand["n_jobs"], cand["chunksize"]) == (p.n_jobs, p.chunksize)
+
+        shown = considered[:_SHOWN_CANDIDATES]
+        # The choice is the fewest workers within NEAR_BEST of the fastest: more than a
+        # table's worth of configurations may be predicted faster, yet it is always shown.
+        shown += [cand for cand in considered[_SHOWN_CANDIDATES:] if is_chosen(cand)]
+        for cand in shown:
             speedup = self.serial_s / cand["predicted_s"] if cand["predicted_s"] > 0 else 0.0
             lines.append(
                 f"  {cand['n_jobs']:>7}  {cand['chunksize']:>9}  {format_seconds(cand['predicted_s']):>11}  "
-                f"{speedup:>7.2f}x{'  <- chosen' if chosen else ''}"
+                f"{speedup:>7.2f}x{'  <- chosen' if is_chosen(cand) else ''}"
             )
-        if len(considered) > _SHOWN_CANDIDATES:
-            lines.append(f"  ... {len(considered) - _SHOWN_CANDIDATES} more in to_dict()")
+        if len(considered) > len(shown):
+            lines.append(f"  ... {len(considered) - len(shown)} more in to_dict()")
         choice = "serial" if p.executor == "serial" else f"{p.n_jobs} workers, chunks of {p.chunksize}"
         lines += [f"decision: {choice}", f"why: {p.reason}"]
         for warning in p.warnings:
@@ -220,7 +228,8 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
     >>> report.plan.executor
     'serial'
     """
-    from .decorator import AutoParallel, as_sequence
+    from .decorator import AutoParallel
+    from .run import as_sequence
 
     data = list(as_sequence(items))
     if isinstance(func, AutoParallel):
@@ -233,7 +242,8 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
         if send is not None and not _importable(func):
             send = ShippedFunction(func)
     name, digest = function_identity(raw)
-    planned = make_plan(raw, name, digest, iter(data), len(data), options, get_store(), profile=True)
+    measure = ProcessBackend(options.start_method or default_start_method()).measure_costs
+    planned = make_plan(raw, name, digest, iter(data), len(data), options, get_store(), profile=True, measure=measure)
     plan = planned.plan
     profile = plan.profile or {}
     if not profile:  # every item was evaluated while measuring: nothing to weigh
@@ -241,8 +251,13 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
     report = Explanation(name, len(data), plan, profile)
     if run and send is not None and profile.get("candidates") is not None:
         best_chunk = {cand["n_jobs"]: cand["chunksize"] for cand in profile["candidates"]}
+        # Every worker count up to the CPUs, and the chosen one: waiting work may be
+        # planned on more workers than CPUs, and the report compares that plan's run.
+        counts = set(range(2, min(usable_cpus(), len(data)) + 1))
+        if plan.executor == "process":
+            counts.add(plan.n_jobs)
         report.runs[1] = _timed_run(raw, send, data, 1, 1)
-        for n in range(2, min(usable_cpus(), len(data)) + 1):
+        for n in sorted(counts):
             report.runs[n] = _timed_run(raw, send, data, n, best_chunk.get(n, max(1, len(data) // (4 * n))))
     return report
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import multiprocessing
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +16,26 @@ from pathlib import Path
 import psutil
 import pytest
 
+from autopar.model import Costs
+
 START_METHODS = ("fork", "forkserver", "spawn")
 
 # multiprocessing keeps one forkserver and one resource tracker per interpreter for
-# its whole life; they are infrastructure, not processes a test left behind (the
-# workers the forkserver forks are still counted, as its children).
+# its whole life; they are infrastructure, not processes a test left behind. Both
+# are started by this process, so they are its direct children; the workers the
+# forkserver forks share its command line but are *its* children, and count.
 _INFRASTRUCTURE = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+#: The machine costs every test plans from: about what a quiet 2-core Linux machine
+#: measures (fork starts a worker in ~20 ms, forkserver and spawn in ~50 ms, a chunk
+#: round trip is ~60 us, a byte ~1 ns). Measured ones would make a decision depend
+#: on how busy the machine was when the calibration pool was timed; a test marked
+#: ``real_costs`` times the real pool instead.
+MACHINE_COSTS = {
+    "fork": Costs(worker_start_s=0.02, chunk_s=60e-6, byte_s=1e-9, measured=True),
+    "forkserver": Costs(worker_start_s=0.05, chunk_s=60e-6, byte_s=1e-9, measured=True),
+    "spawn": Costs(worker_start_s=0.05, chunk_s=60e-6, byte_s=1e-9, measured=True),
+}
 
 
 def worker_children() -> list[psutil.Process]:
@@ -58,17 +74,17 @@ def watch_children() -> Iterator[ChildWatch]:
 
 
 def _leftover_children() -> list[psutil.Process]:
+    me = os.getpid()
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
-            cmdline = " ".join(child.cmdline())
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
+            infrastructure = child.ppid() == me and any(m in " ".join(child.cmdline()) for m in _INFRASTRUCTURE)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
-        if any(marker in cmdline for marker in _INFRASTRUCTURE):
-            continue
-        found.append(child)
+        if not infrastructure:
+            found.append(child)
     return found
 
 
@@ -100,6 +116,45 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "autopar-cache"
     monkeypatch.setenv("AUTOPAR_CACHE_DIR", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def machine_costs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Costs]:
+    """Plans are made from :data:`MACHINE_COSTS`, not from a pool timed on a busy machine.
+
+    Only the timing is replaced: the costs still go through the real store (written
+    under their ``costs:`` key on first need, read back, re-measured when stale).
+    """
+    if request.node.get_closest_marker("real_costs") is None:
+        from autopar.backends import calibration
+
+        monkeypatch.setattr(calibration, "measure_costs", MACHINE_COSTS.__getitem__)
+    return MACHINE_COSTS
+
+
+@pytest.fixture(autouse=True)
+def open_store(request: pytest.FixtureRequest, cache_dir: Path) -> None:
+    """Open the test's store before the test, however long a loaded machine takes.
+
+    ``.map`` waits only ~0.1 s for a store to open, then plans in memory until it
+    has (a plan made meanwhile is not on disk, and is missed later): right for
+    users, noise for a test that is not about the store. A test that takes
+    ``cache_dir`` as an argument manages the directory itself (creates it with odd
+    modes, corrupts it) and is left alone.
+    """
+    function = getattr(request, "function", None)
+    if function is None or "cache_dir" in inspect.signature(function).parameters:
+        return
+    from autopar import CacheWarning
+    from autopar.store import get_store
+
+    store = get_store()
+    deadline = time.monotonic() + 30.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)  # a slow open is waited for here, not reported
+        while not store.persistent and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert store.persistent, f"the test store at {cache_dir} did not open in 30 s"
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,14 @@ from autopar.system import in_worker
 
 
 def spin(seconds: float) -> None:
-    """Burn CPU (not sleep) for ``seconds``."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    """Burn ``seconds`` of this thread's CPU time: a fixed amount of CPU work.
+
+    Not wall time: on a busy machine the wall time an item takes grows while the
+    work stays the same, and the sampler leaves the wait for a CPU out of an item's
+    time. A wall-clock spin interrupted for longer than it lasts would do no work.
+    """
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
         pass
 
 
@@ -25,6 +30,18 @@ def add_one(x: int) -> int:
 def heavy(x: int) -> tuple[int, int]:
     """2 ms of CPU per item; returns the item doubled and the pid that computed it."""
     spin(0.002)
+    return 2 * x, os.getpid()
+
+
+@auto_parallel
+def light(x: int) -> tuple[int, int]:
+    """0.1 ms of CPU per item, and the pid that computed it.
+
+    The probe times several such items and takes their median, so their time bucket
+    (and with it the plan's key) stays put when a busy machine interrupts one item.
+    A 2 ms item is probed alone, and one interruption can move it two buckets.
+    """
+    spin(0.0001)
     return 2 * x, os.getpid()
 
 
@@ -84,8 +101,13 @@ def sleepy(x: float) -> float:
 
 @auto_parallel
 def ramp(x: int) -> int:
-    """Cheap for the first 80 items (what sampling sees), 3 ms of CPU after them."""
-    spin(0.0001 if x < 80 else 0.003)
+    """Free for the first 80 items (what sampling sees), 3 ms of CPU after them.
+
+    Free, not merely cheap: planning times 16 sub-microsecond calls, and a busy
+    machine would have to interrupt one of them mid-call to make them look heavy.
+    """
+    if x >= 80:
+        spin(0.003)
     return x * 5
 
 
