@@ -74,8 +74,8 @@ def learn(
     workload = Workload.from_record(stored, n_items=n_items if type(n_items) is int else n_run, item_s=item_s)
     decision, _ = decide(request, workload)
     executor, n_jobs, chunksize = decision.executor, decision.n_jobs, decision.chunksize
-    if plan.executor == "process" and slow_run and wall_s > n_run * min(item_s, sampled_s):
-        executor, n_jobs, chunksize = "serial", 1, 1  # it ran slower than the loop would have
+    if plan.executor == "process" and slow_run and wall_s > n_run * item_s:
+        executor, n_jobs, chunksize = "serial", 1, 1  # slower than the loop over these items would have been
     if executor == "process" and ship_problem is not None and ship_problem() is not None:
         return None  # it cannot go to workers; it stays serial
     observed = (

@@ -13,7 +13,7 @@ import pickle
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,18 +63,13 @@ class Sample:
 
     @property
     def mean_s(self) -> float:
-        """Mean seconds per item (the quantity total work scales with), less the time
-        spent waiting for a CPU on a busy machine."""
-        if not self.times:
-            return 0.0
-        return without_waits(statistics.fmean(self.steady), _runnable_share(self.times, self.runnable_s))
+        """Mean seconds per item (the quantity total work scales with)."""
+        return statistics.fmean(self.steady) if self.times else 0.0
 
     @property
     def median_s(self) -> float:
-        """Median seconds per item, less CPU waits (see :attr:`mean_s`)."""
-        if not self.times:
-            return 0.0
-        return without_waits(statistics.median(self.steady), _runnable_share(self.times, self.runnable_s))
+        """Median seconds per item."""
+        return statistics.median(self.steady) if self.times else 0.0
 
     @property
     def cv(self) -> float | None:
@@ -137,15 +132,10 @@ def runnable_seconds() -> float:
         return 0.0
 
 
-def _runnable_share(times: Sequence[float], runnable_s: float) -> float:
-    """Each item's share of the time spent waiting for a CPU (a loaded machine)."""
-    return runnable_s / len(times) if times and runnable_s > 0 else 0.0
-
-
-def without_waits(seconds: float, share: float) -> float:
-    """An item's time less its share of CPU waits, never below a quarter of it: what
-    the item costs on an idle CPU, so plans and buckets hold on a busy machine."""
-    return max(seconds - share, 0.25 * seconds)
+#: Items at least this long are timed net of the time their thread waited for a
+#: CPU (reading it costs ~1 us); shorter ones could hardly have waited, and the
+#: run's CPU share is still corrected as a whole.
+NET_OF_WAIT_S = 100e-6
 
 
 class Sampler:
@@ -166,12 +156,8 @@ class Sampler:
         return self._wall
 
     def median_s(self) -> float:
-        """Median seconds per item so far, less CPU waits: the probe's time bucket
-        must not move because other programs load the machine."""
-        if not self.times:
-            return 0.0
-        median = sorted(self.times)[len(self.times) // 2]
-        return without_waits(median, _runnable_share(self.times, self._runnable))
+        """Median seconds per item so far (items are timed net of CPU waits)."""
+        return sorted(self.times)[len(self.times) // 2] if self.times else 0.0
 
     def run(self, source: Iterator[Any], *, max_items: int, budget_s: float) -> bool:
         """Evaluate up to ``max_items`` more items or until ``budget_s`` is spent.
@@ -184,7 +170,7 @@ class Sampler:
         items, results, times = self.items, self.results, self.times
         perf = time.perf_counter
         cpu0 = time.process_time()
-        runnable0 = runnable_seconds()
+        runnable0 = read = runnable_seconds()
         start = perf()
         deadline = start + budget_s
         exhausted = False
@@ -201,9 +187,17 @@ class Sampler:
                 add_item_note(exc, len(items), item)
                 raise
             t1 = perf()
+            took = t1 - t0
+            if took >= NET_OF_WAIT_S:
+                # Time this thread waited for a CPU since the last reading is the
+                # machine's load, not the item's cost: on a busy machine it would move
+                # the time bucket (a cache miss) and inflate the plan's item time.
+                now = runnable_seconds()
+                took -= min(max(0.0, now - read), 0.9 * took)
+                read = now
             items.append(item)
             results.append(result)
-            times.append(t1 - t0)
+            times.append(took)
             if t1 >= deadline:
                 break
         self._wall += perf() - start

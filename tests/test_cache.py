@@ -17,8 +17,8 @@ import autopar
 from autopar import CacheWarning, auto_parallel, clear_cache, get_cache_dir, prune_expired_cache
 from autopar.store import get_store
 from tests import workloads
-from tests.faults import stateful
 from tests.conftest import affinity_available
+from tests.faults import stateful
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,8 +74,8 @@ def test_size_bucket_separates_plans() -> None:
 def _versioned(constant: int) -> autopar.AutoParallel[[int], int]:
     namespace: dict[str, object] = {}
     source = (
-        f"def scale(x):\n    t = __import__('time').perf_counter() + 0.001\n"
-        f"    while __import__('time').perf_counter() < t: pass\n    return x * {constant}\n"
+        f"def scale(x):\n    t = __import__('time').thread_time() + 0.001\n"
+        f"    while __import__('time').thread_time() < t: pass\n    return x * {constant}\n"
     )
     exec(compile(source, "<versioned>", "exec"), namespace)
     func = namespace["scale"]

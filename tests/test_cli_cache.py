@@ -141,6 +141,7 @@ def test_unwritable_directory_is_reported(monkeypatch: pytest.MonkeyPatch) -> No
             "import os, sys\n"
             "from autopar.cli import main\n"
             "import autopar.store, autopar.plan, autopar.system, autopar.planner, autopar.api, diskcache\n"
+            "import autopar.store_admin, argparse, gettext, json, locale, sqlite3\n"
             f"os.geteuid() == {uid} or os.setuid({uid})\n"
             "sys.exit(main(sys.argv[1:]))\n"
         )

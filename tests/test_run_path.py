@@ -17,9 +17,10 @@ def test_overrides_leave_the_stored_plan_and_its_counters_alone() -> None:
     plan = stateful.waits.plan(items)
     assert plan.executor == "process", plan.reason  # 1 s of sleeping: parallel by any measure
     other = 2 if plan.n_jobs != 2 else 3
+    learned = stateful.waits.cache_info().learned  # the first, planned run may teach (a busy machine)
     for _ in range(3):
         assert stateful.waits.map(items, n_jobs=other) == items
-    assert stateful.waits.cache_info().learned == 0
+    assert stateful.waits.cache_info().learned == learned
     again = stateful.waits.plan(items)
     assert (again.executor, again.n_jobs, again.chunksize) == (plan.executor, plan.n_jobs, plan.chunksize)
     assert again.learned == plan.learned

@@ -35,6 +35,7 @@ never pays its ~0.5 s import.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import pickle
@@ -210,7 +211,7 @@ class _DaskRun:
         while True:
             try:
                 future, result = next(self.completed)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # distinct classes before 3.11
                 spans = ", ".join(span(c.start, c.count) for c in sorted(self.pending.values(), key=_by_start)[:5])
                 msg = f"timed out with {len(self.pending)} chunk(s) unfinished ({spans})"
                 raise TaskTimeoutError(msg) from None
