@@ -176,11 +176,6 @@ class AutoParallel(Generic[P, R]):
     def _ship_problem(self) -> str | None:
         return self._shipper.problem(self._start_method())
 
-    def _shipping(self) -> tuple[Callable[[Any], Any] | None, str | None]:
-        """What to send workers now, or why nothing can be sent (for reports)."""
-        problem = self._ship_problem()
-        return (None, problem) if problem is not None else (self._shipment().func, None)
-
     def call(self, backend: str | None = None) -> Call:
         """The values one call of this function runs with (``backend``, or the
         decorator's): what :mod:`autopar.run`, ``optimize`` and ``explain`` use."""

@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .backends import ProcessBackend, SerialBackend
+from .backends.base import Sendable
 from .model import format_seconds
 from .plan import Plan
 from .planner import Options, make_plan
@@ -209,7 +210,7 @@ class Explanation:
         return out
 
 
-def _timed_run(func: Callable[[Any], Any], send: Callable[[Any], Any], items: list[Any], n: int, c: int) -> RunStats:
+def _timed_run(func: Callable[[Any], Any], send: Sendable, items: list[Any], n: int, c: int) -> RunStats:
     if n == 1:
         t0 = time.perf_counter()
         SerialBackend().map(func, items)
@@ -228,14 +229,16 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
     >>> report.plan.executor
     'serial'
     """
-    from .decorator import AutoParallel
-    from .run import as_sequence
+    from .run import Call, as_sequence
 
     data = list(as_sequence(items))
-    if isinstance(func, AutoParallel):
-        raw: Callable[[Any], Any] = func.__wrapped__
-        send: Callable[[Any], Any] | None = func._shipping()[0]
-        options = Options(func._options.max_workers, func._options.start_method, False, func._options.ttl)
+    call = getattr(func, "call", None)
+    send: Sendable | None
+    if hasattr(func, "_autopar_raw") and callable(call):  # an @auto_parallel function
+        values: Call = call()
+        raw: Callable[[Any], Any] = values.func
+        send = values.shipment() if values.ship_problem() is None else None
+        options = replace(values.options, use_cache=False)
     else:
         raw, options = func, Options(use_cache=False)
         send = func if pickle_problem(func) is None else None
