@@ -398,10 +398,10 @@ def test_measure_costs_on_the_live_cluster(backend: DaskBackend, monkeypatch: py
     assert costs.worker_start_s == 0.0
     assert 1e-5 < costs.chunk_s < 0.05, costs  # about a millisecond per task on loopback
     assert 1e-11 <= costs.byte_s < 1e-7, costs  # a few ns per byte
-    assert took < 1.5, f"measuring took {took:.2f} s"
+    assert took < 5, f"measuring took {took:.2f} s"  # a few rounds of tasks, not a long probe
     began = time.perf_counter()
     assert backend.measure_costs() is costs  # once per cluster fingerprint
-    assert time.perf_counter() - began < 0.1
+    assert time.perf_counter() - began < 0.5
 
 
 def test_big_shared_function_is_scattered_once(
