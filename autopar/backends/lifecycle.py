@@ -30,6 +30,7 @@ __all__ = [
     "forget_active_in_child",
     "hurry_on_interrupt",
     "new_pool",
+    "stop_respawning",
     "track",
     "untrack",
 ]
@@ -57,14 +58,21 @@ def new_pool(
     return pool
 
 
-def _kill_half_made(pool: multiprocessing.pool.Pool, before: set[Any]) -> None:
-    """Stop what a Pool that failed to start had started: handler threads, workers."""
+def stop_respawning(pool: multiprocessing.pool.Pool) -> None:
+    """Tell Pool's handler threads to stop, first: its worker handler replaces any
+    worker that exits, so killing workers without this can leave a fresh one behind
+    (forked after the kill, holding the program's stdout, outliving it)."""
     with contextlib.suppress(Exception):
         pool._state = multiprocessing.pool.TERMINATE  # type: ignore[attr-defined]
         for name in ("_worker_handler", "_task_handler", "_result_handler"):
             handler = getattr(pool, name, None)
             if handler is not None:
                 handler._state = multiprocessing.pool.TERMINATE
+
+
+def _kill_half_made(pool: multiprocessing.pool.Pool, before: set[Any]) -> None:
+    """Stop what a Pool that failed to start had started: handler threads, workers."""
+    stop_respawning(pool)
     started = list(getattr(pool, "_pool", ()))
     started += [p for p in getattr(multiprocessing.process, "_children", ()) if p not in before]
     for process in started:

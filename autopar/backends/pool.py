@@ -39,7 +39,7 @@ from ..system import usable_cpus
 from ._worker import SLOT_FIELDS, init_worker, run_chunk
 from .chunks import pickle_chunk, span, translate_failure
 from .failures import ItemFailure
-from .lifecycle import TEARDOWN_WAIT_S, exiting, hurry_on_interrupt, new_pool, track, untrack
+from .lifecycle import TEARDOWN_WAIT_S, exiting, hurry_on_interrupt, new_pool, stop_respawning, track, untrack
 
 __all__ = ["TEARDOWN_WAIT_S", "PoolRun", "as_shipment"]
 
@@ -290,7 +290,9 @@ class PoolRun:
         return list({id(p): p for p in [*self.workers, *getattr(self.pool, "_pool", [])]}.values())
 
     def kill(self) -> None:
-        """SIGKILL every worker now (no grace): the fastest stop there is."""
+        """SIGKILL every worker now (no grace): the fastest stop there is. Pool is told
+        first to stop replacing workers, so none is started after the kill."""
+        stop_respawning(self.pool)
         for process in self.everyone():
             if process.exitcode is None:
                 with contextlib.suppress(Exception):
@@ -303,7 +305,7 @@ class PoolRun:
             # garbage collection): kill the workers, and drop Pool's own teardown,
             # which could wait on a lock a killed worker held.
             self.kill()
-            for process in everyone:
+            for process in {*everyone, *self.everyone()}:
                 process.join(TEARDOWN_WAIT_S)
             finalizer = getattr(self.pool, "_terminate", None)
             if finalizer is not None:
@@ -313,7 +315,7 @@ class PoolRun:
         teardown.start()
         teardown.join(TERMINATE_GRACE_S)
         self.kill()
-        for process in everyone:
+        for process in {*everyone, *self.everyone()}:
             process.join(TEARDOWN_WAIT_S)
         teardown.join(TEARDOWN_WAIT_S)
         if teardown.is_alive():
