@@ -100,6 +100,7 @@ def init_worker(
     global _slots, _slot_base, _cancel, _parent_pid
     if overlay:
         apply_overlay(overlay)
+    _release_forkserver()
     mark_worker()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(Exception):  # default thread pools still compute right
@@ -114,6 +115,26 @@ def init_worker(
     if base + SLOT_FIELDS <= len(raw):
         raw[base] = os.getpid()
         _slots, _slot_base = raw, base
+
+
+def _release_forkserver() -> None:
+    """In a forkserver worker: close the copy of the server's "alive" pipe it inherits.
+
+    CPython hands every forkserver child that pipe's write end, and the server lives
+    until every holder closes it. A worker holding it keeps its own parent (the
+    server) alive after the caller is SIGKILLed, so it would never see its parent
+    change and would compute its whole chunk for nobody. Workers start no processes
+    of their own (a nested map runs serially), so they need no forkserver.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is None or getattr(server, "_forkserver_pid", None) is not None:
+        return  # not a forkserver child (a client that started its own server keeps it)
+    with contextlib.suppress(OSError):
+        os.close(alive)
+    server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
 def apply_overlay(overlay: dict[str, dict[str, Any]]) -> None:
