@@ -12,6 +12,7 @@ import math
 import multiprocessing
 import os
 import platform
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -185,8 +186,7 @@ def _forget_parents_forkserver() -> None:
     child closes its copy of the server's "alive" pipe, so the parent's server still
     exits with the parent.
     """
-    from multiprocessing import forkserver
-
+    forkserver = sys.modules.get("multiprocessing.forkserver")  # not imported: no server to forget
     server = getattr(forkserver, "_forkserver", None)
     if server is None or getattr(server, "_forkserver_pid", None) is None:
         return

@@ -514,7 +514,9 @@ def test_the_decorator_sets_the_default_backend(client: Any) -> None:
     items = range(200)
     results = cube_on_cluster.map(items)
     assert [value for value, _ in results] == [x**3 for x in items]
-    assert cube_on_cluster.plan(items).executor == "dask"
+    plan = cube_on_cluster.plan(items)
+    assert plan.start_method.startswith("dask-"), plan  # planned for the cluster, not this machine
+    assert plan.executor in ("dask", "serial")  # which one is the measured costs' call
     here = cube_on_cluster.map(items, backend="serial")
     assert {pid for _, pid in here} == {os.getpid()}
     assert cube_on_cluster.plan(items, backend="process").executor == "process"

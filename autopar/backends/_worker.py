@@ -100,7 +100,8 @@ def init_worker(
     global _slots, _slot_base, _cancel, _parent_pid
     if overlay:
         apply_overlay(overlay)
-    _release_forkserver()
+    with contextlib.suppress(Exception):
+        _release_forkserver()
     mark_worker()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(Exception):  # default thread pools still compute right
@@ -126,8 +127,7 @@ def _release_forkserver() -> None:
     change and would compute its whole chunk for nobody. Workers start no processes
     of their own (a nested map runs serially), so they need no forkserver.
     """
-    from multiprocessing import forkserver
-
+    forkserver = sys.modules.get("multiprocessing.forkserver")  # not imported: nothing inherited
     server = getattr(forkserver, "_forkserver", None)
     alive = getattr(server, "_forkserver_alive_fd", None)
     if alive is None or getattr(server, "_forkserver_pid", None) is not None:
