@@ -116,6 +116,7 @@ class AutoParallel(Generic[P, R]):
         self._learned = 0
         self._identity: tuple[str, str] | None = None
         self._shipper = Shipper(self, func, self._key)
+        self._calls: dict[tuple[str, str], Call] = {}
         watch(self)
 
     # -- behaving like the function ------------------------------------------------------
@@ -178,22 +179,33 @@ class AutoParallel(Generic[P, R]):
 
     def call(self, backend: str | None = None) -> Call:
         """The values one call of this function runs with (``backend``, or the
-        decorator's): what :mod:`autopar.run`, ``optimize`` and ``explain`` use."""
+        decorator's): what :mod:`autopar.run`, ``optimize`` and ``explain`` use.
+
+        Local backends' values never change for a given start method, so they are
+        made once (a cache hit stays microseconds); a cluster's are asked each time.
+        """
         method = self._start_method()
-        name, digest = self._name_digest
-        return Call(
+        name = self._backend if backend is None else backend
+        cached = self._calls.get((name, method))
+        if cached is not None:
+            return cached
+        digest_name, digest = self._name_digest
+        made = Call(
             func=self.__wrapped__,
-            name=name,
+            name=digest_name,
             digest=digest,
             options=self._options,
             chunksize=self._chunksize,
             start_method=method,
-            target=Target.named(self._backend if backend is None else backend, method),
+            target=Target.named(name, method),
             shipment=self._shipment,
             ship_problem=self._ship_problem,
             count=self._count,
             learned=self._count_learned,
         )
+        if name != "dask":
+            self._calls[(name, method)] = made
+        return made
 
     # -- the public methods -------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ pools or caches; it turns clocks and pickle sizes into a :class:`Sample`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -19,6 +20,7 @@ from typing import Any
 
 from .notes import add_item_note
 from .serialization import dumps
+from .system import on_fork_in_child
 
 __all__ = ["Sample", "Sampler"]
 
@@ -109,7 +111,8 @@ class Sample:
 
 
 _SCHEDSTAT = "/proc/thread-self/schedstat"
-_schedstat = threading.local()
+#: Per thread (by ident), its schedstat file, opened once; -1 where there is none.
+_schedstat_fds: dict[int, int] = {}
 
 
 def runnable_seconds() -> float:
@@ -119,17 +122,37 @@ def runnable_seconds() -> float:
     The file is opened once per thread and re-read with ``pread`` (~1 us), so every
     probe can afford two readings.
     """
-    fd = getattr(_schedstat, "fd", None)
+    ident = threading.get_ident()
+    fd = _schedstat_fds.get(ident)
+    if fd is None:
+        try:
+            fd = os.open(_SCHEDSTAT, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        if len(_schedstat_fds) > 256:  # threads come and go: keep the table small
+            for old in _schedstat_fds.values():
+                if old >= 0:
+                    os.close(old)
+            _schedstat_fds.clear()
+        _schedstat_fds[ident] = fd
+    if fd < 0:
+        return 0.0
     try:
-        if fd is None or getattr(_schedstat, "pid", None) != os.getpid():
-            _schedstat.pid = os.getpid()
-            _schedstat.fd = -1  # until it opens: not available here, do not try again
-            fd = _schedstat.fd = os.open(_SCHEDSTAT, os.O_RDONLY | os.O_CLOEXEC)
-        if fd < 0:
-            return 0.0
         return int(os.pread(fd, 128, 0).split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _forget_schedstat_in_child() -> None:
+    """After ``os.fork()``: the open files name the parent's threads."""
+    for fd in _schedstat_fds.values():
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _schedstat_fds.clear()
+
+
+on_fork_in_child(_forget_schedstat_in_child)
 
 
 #: Items at least this long are timed net of the time their thread waited for a
@@ -171,6 +194,7 @@ class Sampler:
         perf = time.perf_counter
         cpu0 = time.process_time()
         runnable0 = read = runnable_seconds()
+        net_of_wait = NET_OF_WAIT_S
         start = perf()
         deadline = start + budget_s
         exhausted = False
@@ -188,7 +212,7 @@ class Sampler:
                 raise
             t1 = perf()
             took = t1 - t0
-            if took >= NET_OF_WAIT_S:
+            if took >= net_of_wait:
                 # Time this thread waited for a CPU since the last reading is the
                 # machine's load, not the item's cost: on a busy machine it would move
                 # the time bucket (a cache miss) and inflate the plan's item time.

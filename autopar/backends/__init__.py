@@ -27,13 +27,22 @@ def check_backend(name: object) -> None:
         raise ValueError(msg)
 
 
+_local: dict[tuple[str, str], Backend] = {}
+
+
 def get_backend(name: str, *, start_method: str, client: Any = None) -> Backend:
-    """The backend called ``name``: warm process pools use ``start_method``."""
+    """The backend called ``name``: warm process pools use ``start_method``.
+
+    Local backends hold no per-call state and are made once (a cache hit on a
+    serial plan costs microseconds); a Dask backend asks for the active client.
+    """
     check_backend(name)
-    if name == "serial":
-        return SerialBackend()
-    if name == "process":
-        return ProcessBackend(start_method, reuse=True)
+    if name != "dask":
+        backend = _local.get((name, start_method))
+        if backend is None:
+            made = SerialBackend() if name == "serial" else ProcessBackend(start_method, reuse=True)
+            backend = _local[(name, start_method)] = made
+        return backend
     from .dask import DaskBackend  # imports distributed: only when asked for
 
     return DaskBackend(client)
