@@ -65,6 +65,17 @@ def _start(tmp_path: Path, body: str, *args: str) -> subprocess.Popen[str]:
     return proc
 
 
+def _finish(proc: subprocess.Popen[str], timeout: float, hung: str) -> tuple[str, str]:
+    """The script's output once it ends; its whole group is killed and the test
+    fails with ``hung`` if it has not ended within ``timeout`` seconds."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(hung)
+
+
 def _gone(pids: list[int], within: float = 5.0) -> list[int]:
     """The pids among ``pids`` still running (zombies count as gone) after ``within`` s."""
     deadline = time.monotonic() + within
@@ -101,12 +112,7 @@ IMAP_AT_EXIT = """
 @pytest.mark.parametrize("method", METHODS)
 def test_a_started_imap_referenced_at_exit_does_not_hang(tmp_path: Path, method: str) -> None:
     proc = _start(tmp_path, IMAP_AT_EXIT, method)
-    try:
-        out, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("the script never exited")
+    out, err = _finish(proc, 30, "the script never exited")
     assert proc.returncode == 0, err
     assert "can't create new thread" not in err
     workers = json.loads(out.strip().splitlines()[-1])
@@ -142,12 +148,7 @@ def test_ctrl_c_pressed_repeatedly_stops_fast_and_leaves_no_worker(tmp_path: Pat
     for _ in range(presses):
         os.killpg(proc.pid, signal.SIGINT)
         time.sleep(0.3)
-    try:
-        _, err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"the script hung after {presses} Ctrl-C")
+    _, err = _finish(proc, 20, f"the script hung after {presses} Ctrl-C")
     assert "KeyboardInterrupt" in err
     assert time.monotonic() - t0 < 10
     assert _gone(workers) == []
@@ -216,12 +217,7 @@ SIGCHLD_IGNORED = """
 @pytest.mark.parametrize("method", METHODS)
 def test_a_dead_worker_is_seen_when_the_program_ignores_sigchld(tmp_path: Path, method: str) -> None:
     proc = _start(tmp_path, SIGCHLD_IGNORED, method)
-    try:
-        out, err = proc.communicate(timeout=40)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("a dead worker hung the map")
+    out, err = _finish(proc, 40, "a dead worker hung the map")
     assert proc.returncode == 0, err
     assert f"held item {faulty.TARGET}" in out
     assert out.strip().splitlines()[-1] == "True"
