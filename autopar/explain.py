@@ -246,7 +246,9 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
             send = ShippedFunction(func)
     name, digest = function_identity(raw)
     measure = ProcessBackend(options.start_method or default_start_method()).measure_costs
-    planned = make_plan(raw, name, digest, iter(data), len(data), options, get_store(), profile=True, measure=measure)
+    planned = make_plan(
+        raw, name, digest, iter(data), len(data), options, get_store(), profile=True, measure=measure, items=data
+    )
     plan = planned.plan
     profile = plan.profile or {}
     if not profile:  # every item was evaluated while measuring: nothing to weigh

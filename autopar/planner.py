@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 from warnings import warn
@@ -173,8 +173,12 @@ def make_plan(
     ship_problem: Callable[[], str | None] | None = None,
     cluster: Cluster | None = None,
     measure: Callable[[], Costs] | None = None,
+    items: Sequence[Any] | None = None,
 ) -> Planned:
     """Probe, look up, and on a miss sample, decide and save. See the module doc.
+
+    ``items``, when the input has random access, lets the sample come from across
+    it; their results are then in ``planned.sampler.scattered`` by position.
 
     ``func`` is called here to measure. ``ship_problem`` says why the function
     cannot be sent to workers (default: ``func`` fails both pickle and cloudpickle);
@@ -198,7 +202,7 @@ def make_plan(
     found = _look_up(request, tbucket, sampler, source)
     if found is not None:
         return found
-    if _sample(request, sampler, source):
+    if _sample(request, sampler, source, items):
         return _all_evaluated(request, sampler, source, False, key)
     return _decide_and_save(request, sampler, source, key, tbucket, t_start)
 
@@ -268,13 +272,34 @@ def _lookup(request: Request, keys: list[str]) -> tuple[str, Plan, dict[str, Any
     return None
 
 
-def _sample(request: Request, sampler: Sampler, source: Iterator[Any]) -> bool:
+def spread_positions(low: int, high: int) -> Iterator[int]:
+    """Positions in ``low..high-1`` in an order that covers the range evenly at every
+    length (van der Corput: the middle, the quarters, the eighths...), each once."""
+    span = high - low
+    seen: set[int] = set()
+    denominator = 2
+    while len(seen) < span:
+        for numerator in range(1, denominator, 2):
+            position = low + (numerator * span) // denominator
+            if position not in seen:
+                seen.add(position)
+                yield position
+        if denominator > 2 * span:
+            break
+        denominator *= 2
+
+
+def _sample(request: Request, sampler: Sampler, source: Iterator[Any], items: Sequence[Any] | None) -> bool:
     """Sample more items, within the budget; True when the input ran out.
 
     Only time spent evaluating items counts against the budget: a slow first open
-    of the store must not starve the sample.
+    of the store must not starve the sample. With random access to the input, the
+    items come from across it, not its prefix (see :func:`_sample_spread`).
     """
     n_items = request.n_items
+    if items is not None and n_items is not None and n_items - len(sampler.items) > SAMPLE_MAX_ITEMS:
+        _sample_spread(request, sampler, items, n_items)
+        return False
     estimated_total = (n_items if n_items is not None else STREAM_ASSUMED_ITEMS) * _probe_s(sampler)
     budget = min(SAMPLE_BUDGET_S, SAMPLE_SHARE * estimated_total) - sampler.elapsed_s
     if budget > 0 and len(sampler.items) < SAMPLE_MAX_ITEMS:
@@ -282,10 +307,31 @@ def _sample(request: Request, sampler: Sampler, source: Iterator[Any]) -> bool:
     return False
 
 
+def _sample_spread(request: Request, sampler: Sampler, items: Sequence[Any], n_items: int) -> None:
+    """Items from across the rest of the input, within a budget re-estimated as they
+    come: when cost grows along the input (values, file sizes, dates), the first
+    items alone say "cheap" and the run teaches otherwise.
+
+    The middle item is always evaluated once the input is long enough that one
+    average item is at most :data:`SAMPLE_SHARE` of the run.
+    """
+    positions = spread_positions(len(sampler.items), n_items)
+    if n_items * SAMPLE_SHARE >= 1:
+        sampler.run_at(items, positions, max_items=1, budget_s=0.0)
+    while len(sampler.items) + len(sampler.spread_times) < SAMPLE_MAX_ITEMS:
+        estimated_total = n_items * sampler.estimate_s(n_items)
+        budget = min(SAMPLE_BUDGET_S, SAMPLE_SHARE * estimated_total) - sampler.elapsed_s
+        if budget <= 0:
+            return
+        room = SAMPLE_MAX_ITEMS - len(sampler.items) - len(sampler.spread_times)
+        if sampler.run_at(items, positions, max_items=min(8, room), budget_s=budget):
+            return
+
+
 def _decide_and_save(
     request: Request, sampler: Sampler, source: Iterator[Any], key: str, tbucket: int, t_start: float
 ) -> Planned:
-    sample = sampler.summary()
+    sample = sampler.summary(request.n_items)
     workload = Workload(
         n_items=request.n_items,
         item_s=sample.mean_s,

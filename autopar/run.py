@@ -154,7 +154,13 @@ class Call:
         return in_worker() or self.target.name == "serial"
 
     def plan(
-        self, source: Iterator[Any], n_items: int | None, *, use_cache: bool = True, profile: bool = False
+        self,
+        source: Iterator[Any],
+        n_items: int | None,
+        *,
+        use_cache: bool = True,
+        profile: bool = False,
+        items: Sequence[Any] | None = None,
     ) -> Planned:
         """Probe, look up, and on a miss sample, decide and store (see :mod:`autopar.planner`)."""
         options = self.options if use_cache else dataclasses.replace(self.options, use_cache=False)
@@ -170,6 +176,7 @@ class Call:
             ship_problem=self.ship_problem,
             cluster=self.target.cluster,
             measure=self.target.measure,
+            items=items,
         )
         self.count(planned.hit)
         return planned
@@ -193,31 +200,37 @@ class Call:
         chunksize = chunksize if chunksize is not None else self.chunksize
         planned: Planned | None = None
         done: list[Any] = []
+        skip: list[int] = []  # positions evaluated while sampling, across the input
         if n_jobs is not None and chunksize is not None:  # nothing to plan
             execution = resolve(
                 _FIXED, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=len(items)
             )
             execution = dataclasses.replace(execution, as_planned=False)
         else:
-            planned = self.plan(iter(items), len(items))
+            planned = self.plan(iter(items), len(items), items=items)
             done = planned.sampler.results
-            remaining = len(items) - len(done)
+            skip = sorted(planned.sampler.scattered)
+            remaining = len(items) - len(done) - len(skip)
             execution = resolve(
                 planned.plan, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=remaining
             )
             if tick is not None:
-                tick(len(done))
-        results, record = self._run(items, len(done), execution, tick)
+                tick(len(done) + len(skip))
+        results, record = self._run(items, len(done), execution, tick, skip)
         if planned is not None:
             self._learn(planned, record)
+            for position, value in planned.sampler.scattered.items():
+                results[position - len(done)] = value
         results[:0] = done  # a memmove; ``done + results`` would copy every result again
         return results
 
-    def _run(self, items: Sequence[Any], start: int, execution: Execution, tick: Any) -> tuple[list[Any], RunRecord]:
+    def _run(
+        self, items: Sequence[Any], start: int, execution: Execution, tick: Any, skip: Sequence[int] = ()
+    ) -> tuple[list[Any], RunRecord]:
         busy: dict[int, float] = {}
         began = time.perf_counter()
         if execution.executor == "serial":
-            results = SerialBackend().map(self.func, items, start=start, progress=tick)
+            results = SerialBackend().map(self.func, items, start=start, progress=tick, skip=skip)
         else:
             results = self.target.backend.map(
                 self.shipment(),
@@ -227,6 +240,7 @@ class Call:
                 chunksize=execution.chunksize,
                 progress=tick,
                 busy=busy,
+                skip=skip,
             )
         wall_s = time.perf_counter() - began
         busy_s = wall_s if execution.executor == "serial" else sum(busy.values())
@@ -234,7 +248,7 @@ class Call:
             execution.executor,
             execution.n_jobs,
             execution.chunksize,
-            len(results),
+            len(results) - len(skip),
             wall_s,
             busy_s,
             execution.as_planned,
@@ -325,5 +339,5 @@ class Call:
             return serial_plan(IN_WORKER, data=items)
         if self.target.name == "serial":
             return serial_plan("serial: backend='serial'", data=items)
-        planned = self.plan(iter(items), len(items))
+        planned = self.plan(iter(items), len(items), items=items)
         return dataclasses.replace(planned.plan, data=items)

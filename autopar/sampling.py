@@ -14,7 +14,7 @@ import pickle
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,10 @@ class Sample:
     runnable_s: float = 0.0
     """Seconds the sampling thread was ready to run but waited for a CPU (Linux
     schedstat): time lost to a busy machine, not to waiting on I/O."""
+    spread: tuple[float, ...] = ()
+    """Times of items sampled across the rest of the input (not its prefix)."""
+    n_items: int | None = None
+    """The input's length, when known: what ``spread`` stands for."""
 
     @property
     def n_timed(self) -> int:
@@ -65,8 +69,19 @@ class Sample:
 
     @property
     def mean_s(self) -> float:
-        """Mean seconds per item (the quantity total work scales with)."""
-        return statistics.fmean(self.steady) if self.times else 0.0
+        """Mean seconds per item over the whole input (the quantity total work scales with).
+
+        With items sampled across the input, the prefix stands for itself and the
+        spread sample for everything after it: when cost grows along the input,
+        the first items alone would say "cheap".
+        """
+        prefix = statistics.fmean(self.steady) if self.times else 0.0
+        if not self.spread or not self.n_items:
+            return prefix
+        rest = self.n_items - len(self.times)
+        if rest <= 0:
+            return prefix
+        return (prefix * len(self.times) + statistics.fmean(self.spread) * rest) / (len(self.times) + rest)
 
     @property
     def median_s(self) -> float:
@@ -76,7 +91,7 @@ class Sample:
     @property
     def cv(self) -> float | None:
         """Coefficient of variation of item times, or None below three steady items."""
-        steady = self.steady
+        steady = self.steady + self.spread
         if len(steady) < 3:
             return None
         mean = statistics.fmean(steady)
@@ -99,6 +114,7 @@ class Sample:
         """Plain numbers, for reports and ``profile=True``."""
         return {
             "n_timed": self.n_timed,
+            "n_spread": len(self.spread),
             "mean_s": self.mean_s,
             "median_s": self.median_s,
             "cv": self.cv,
@@ -169,6 +185,10 @@ class Sampler:
         self.items: list[Any] = []
         self.results: list[Any] = []
         self.times: list[float] = []
+        self.scattered: dict[int, Any] = {}
+        """Results of items sampled across the input, by position (after the prefix)."""
+        self.spread_times: list[float] = []
+        self._spread_items: list[Any] = []
         self._cpu = 0.0
         self._wall = 0.0
         self._runnable = 0.0
@@ -182,6 +202,15 @@ class Sampler:
         """Median seconds per item so far (items are timed net of CPU waits)."""
         return sorted(self.times)[len(self.times) // 2] if self.times else 0.0
 
+    def estimate_s(self, n_items: int | None) -> float:
+        """Mean seconds per item over an input of ``n_items``, from what was timed so far."""
+        prefix = sorted(self.times)[len(self.times) // 2] if self.times else 0.0
+        if not self.spread_times or not n_items:
+            return prefix
+        rest = max(0, n_items - len(self.times))
+        spread = statistics.fmean(self.spread_times)
+        return (prefix * len(self.times) + spread * rest) / max(1, len(self.times) + rest)
+
     def run(self, source: Iterator[Any], *, max_items: int, budget_s: float) -> bool:
         """Evaluate up to ``max_items`` more items or until ``budget_s`` is spent.
 
@@ -189,8 +218,43 @@ class Sampler:
         ``source`` is exhausted. An exception from the function propagates, with a
         note naming the item's index, exactly as a serial loop would raise it.
         """
+        return self._run(source, self.items, self.results, self.times, max_items=max_items, budget_s=budget_s)
+
+    def run_at(self, items: Sequence[Any], positions: Iterator[int], *, max_items: int, budget_s: float) -> bool:
+        """Evaluate ``items`` at the next ``positions`` (as :meth:`run` does the prefix).
+
+        Results are kept by position in :attr:`scattered`, so the run evaluates
+        every other item once. Returns True when ``positions`` is exhausted.
+        """
+        chosen: list[int] = []
+
+        def source() -> Iterator[Any]:
+            for position in positions:
+                chosen.append(position)
+                yield items[position]
+
+        results: list[Any] = []
+        try:
+            exhausted = self._run(
+                source(), self._spread_items, results, self.spread_times, max_items=max_items, budget_s=budget_s,
+                positions=chosen,
+            )
+        finally:
+            self.scattered.update(zip(chosen, results, strict=False))
+        return exhausted
+
+    def _run(
+        self,
+        source: Iterator[Any],
+        items: list[Any],
+        results: list[Any],
+        times: list[float],
+        *,
+        max_items: int,
+        budget_s: float,
+        positions: list[int] | None = None,
+    ) -> bool:
         func = self.func
-        items, results, times = self.items, self.results, self.times
         perf = time.perf_counter
         cpu0 = time.process_time()
         runnable0 = read = runnable_seconds()
@@ -208,7 +272,7 @@ class Sampler:
             try:
                 result = func(item)
             except BaseException as exc:
-                add_item_note(exc, len(items), item)
+                add_item_note(exc, len(items) if positions is None else positions[-1], item)
                 raise
             t1 = perf()
             took = t1 - t0
@@ -229,38 +293,65 @@ class Sampler:
         self._runnable += runnable_seconds() - runnable0
         return exhausted
 
-    def summary(self) -> Sample:
-        """Measure pickle sizes of the first few items and results; freeze a Sample."""
-        in_sizes: list[int] = []
-        out_sizes: list[int] = []
-        pickle_times: list[float] = []
-        problem: str | None = None
-        for index, (item, result) in enumerate(zip(self.items, self.results, strict=True)):
-            if index >= SIZE_ITEMS:
-                break
-            t0 = time.perf_counter()
-            try:
-                blob_in = dumps(item)
-            except Exception as exc:  # noqa: BLE001 - any pickling failure is reported
-                problem = f"item {index} cannot be pickled: {type(exc).__name__}: {exc}"
-                break
-            try:
-                blob_out = dumps(result)
-            except Exception as exc:  # noqa: BLE001
-                problem = f"the result of item {index} cannot be pickled: {type(exc).__name__}: {exc}"
-                break
-            pickle.loads(blob_in)
-            pickle.loads(blob_out)
-            pickle_times.append(time.perf_counter() - t0)
-            in_sizes.append(len(blob_in))
-            out_sizes.append(len(blob_out))
+    def summary(self, n_items: int | None = None) -> Sample:
+        """Measure pickling as chunks travel; freeze a Sample (``n_items``: the input's length)."""
+        items = self.items + self._spread_items
+        results = self.results + list(self.scattered.values())
+        problem = _unpicklable(items, results)
+        in_bytes = out_bytes = math.nan
+        pickle_s = 0.0
+        if problem is None and items:
+            in_bytes, out_bytes, pickle_s = _batch_costs(items, results)
         return Sample(
             times=tuple(self.times[:_MAX_TIMES_KEPT]),
             cpu_s=self._cpu,
             wall_s=self._wall,
-            in_bytes=statistics.fmean(in_sizes) if in_sizes else math.nan,
-            out_bytes=statistics.fmean(out_sizes) if out_sizes else math.nan,
-            pickle_s=statistics.fmean(pickle_times) if pickle_times else 0.0,
+            in_bytes=in_bytes,
+            out_bytes=out_bytes,
+            pickle_s=pickle_s,
             unpicklable=problem,
             runnable_s=min(self._runnable, self._wall),
+            spread=tuple(self.spread_times[:_MAX_TIMES_KEPT]),
+            n_items=n_items,
         )
+
+
+def _unpicklable(items: list[Any], results: list[Any]) -> str | None:
+    """Why the first few items or results cannot be sent, naming which; else None."""
+    for index, (item, result) in enumerate(zip(items[:SIZE_ITEMS], results[:SIZE_ITEMS], strict=True)):
+        for what, value in (("item", item), ("the result of item", result)):
+            try:
+                dumps(value)
+            except Exception as exc:  # noqa: BLE001 - any pickling failure is reported
+                return f"{what} {index} cannot be pickled: {type(exc).__name__}: {exc}"
+    return None
+
+
+#: A chunk's items are pickled as one list: fixed per-call pickling costs (~1-5 us)
+#: are paid once per chunk, not per item. Up to this many sampled items, and about
+#: this many bytes, are pickled together to measure it that way.
+BATCH_ITEMS = 64
+BATCH_BYTES = 1 << 20
+#: Batches quicker than this are pickled three times and the fastest kept: a few
+#: microseconds are at the timer's and the scheduler's mercy.
+_QUICK_S = 1e-3
+
+
+def _batch_costs(items: list[Any], results: list[Any]) -> tuple[float, float, float]:
+    """Per item: pickled bytes in, bytes out, and seconds to pickle and unpickle both,
+    measured on lists shaped like a chunk."""
+    one = len(dumps(items[0])) + len(dumps(results[0]))
+    count = max(1, min(len(items), BATCH_ITEMS, BATCH_BYTES // max(1, one)))
+    batch_in, batch_out = list(items[:count]), list(results[:count])
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        blob_in = dumps(batch_in)
+        blob_out = dumps(batch_out)
+        pickle.loads(blob_in)
+        pickle.loads(blob_out)
+        took = time.perf_counter() - t0
+        best = min(best, took)
+        if took >= _QUICK_S:
+            break
+    return len(blob_in) / count, len(blob_out) / count, best / count

@@ -68,6 +68,22 @@ def logged(item: tuple[int, str]) -> int:
     return x * x
 
 
+def late_heavy(item: tuple[int, str]) -> int:
+    """Nothing for items below 100, 1.5 ms of CPU from there on; logs x like :func:`logged`.
+
+    Cost that changes along the input: the first items say "trivial".
+    """
+    x, log = item
+    if x >= 100:
+        spin(0.0015)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"{x}\n".encode())
+    finally:
+        os.close(fd)
+    return x * x
+
+
 class ItemError(ValueError):
     """A distinct exception type, to check the caller gets the original type."""
 

@@ -35,8 +35,10 @@ class Backend(Protocol):
         timeout: float | None = None,
         progress: Callable[[int], None] | None = None,
         busy: dict[int, float] | None = None,
+        skip: Sequence[int] = (),
     ) -> list[Any]:
-        """Results of ``func`` on ``items[start:]``, in order."""
+        """Results of ``func`` on ``items[start:]``, in order; positions in ``skip``
+        (sorted, evaluated while sampling) are not run and hold None."""
         ...
 
     def imap(

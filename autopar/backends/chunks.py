@@ -62,10 +62,23 @@ def pickle_chunk(chunk: Sequence[Any], start: int, where: str = "a worker") -> b
     return pickle_values(list(chunk), start, f"item {{index}} cannot be sent to {where}: {{problem}}")
 
 
-def chunk_slices(items: Sequence[Any], start: int, chunksize: int) -> Iterator[tuple[int, Sequence[Any]]]:
-    """``(first index, items)`` slices of ``items[start:]``, made only as they are asked for."""
-    for first in range(start, len(items), chunksize):
-        yield first, items[first : first + chunksize]
+def chunk_slices(
+    items: Sequence[Any], start: int, chunksize: int, skip: Sequence[int] = ()
+) -> Iterator[tuple[int, Sequence[Any]]]:
+    """``(first index, items)`` slices of ``items[start:]``, made only as they are asked for.
+
+    Positions in ``skip`` (sorted; items the sampler already evaluated) are left
+    out: a chunk ends before each, so every chunk is a contiguous run of real
+    positions and every index a worker reports is the item's own.
+    """
+    end = len(items)
+    holes = [p for p in skip if start <= p < end]
+    holes.append(end)
+    first = start
+    for hole in holes:
+        for begin in range(first, hole, chunksize):
+            yield begin, items[begin : min(begin + chunksize, hole)]
+        first = hole + 1
 
 
 def stream_chunks(source: Iterator[Any], offset: int, chunksize: int) -> Iterator[tuple[int, list[Any]]]:

@@ -60,6 +60,7 @@ from . import dask_cluster
 from .base import Sendable
 from .chunks import (
     RESULT_CANNOT,
+    chunk_slices,
     evaluate,
     pickle_chunk,
     pickle_values,
@@ -280,9 +281,8 @@ def _by_start(chunk: _Chunk) -> int:
     return chunk.start
 
 
-def _chunks(items: Sequence[Any], start: int, chunksize: int) -> Iterator[tuple[int, bytes, int]]:
-    for first in range(start, len(items), chunksize):
-        chunk = items[first : first + chunksize]
+def _chunks(items: Sequence[Any], start: int, chunksize: int, skip: Sequence[int]) -> Iterator[tuple[int, bytes, int]]:
+    for first, chunk in chunk_slices(items, start, chunksize, skip):
         yield first, _pickle_chunk(chunk, first), len(chunk)
 
 
@@ -327,8 +327,10 @@ class DaskBackend:
         timeout: float | None = None,
         progress: Callable[[int], None] | None = None,
         busy: dict[int, float] | None = None,
+        skip: Sequence[int] = (),
     ) -> list[Any]:
-        """Results of ``func`` on ``items[start:]``, in order: one task per chunk of ``chunksize``.
+        """Results of ``func`` on ``items[start:]``, in order: one task per chunk of ``chunksize``
+        (None at ``skip`` positions, evaluated while sampling).
 
         ``progress`` is called with the number of items in each finished chunk. On
         any failure, Ctrl-C included, every unfinished chunk is cancelled first.
@@ -336,9 +338,11 @@ class DaskBackend:
         total = len(items) - start
         if total <= 0:
             return []
-        chunks = _chunks(items, start, max(1, chunksize))
-        first = next(chunks)  # an unpicklable first item fails before anything is sent
+        chunks = _chunks(items, start, max(1, chunksize), skip)
         results: list[Any] = [None] * total
+        first = next(chunks, None)  # an unpicklable first item fails before anything is sent
+        if first is None:
+            return results
         run = _DaskRun(self.client, _callable(func), timeout)
         abort = True
         try:

@@ -87,8 +87,9 @@ class ProcessBackend:
         timeout: float | None = None,
         progress: Callable[[int], None] | None = None,
         busy: dict[int, float] | None = None,
+        skip: Sequence[int] = (),
     ) -> list[Any]:
-        """Results of ``func`` on ``items[start:]``, in order.
+        """Results of ``func`` on ``items[start:]``, in order (None at ``skip`` positions).
 
         Chunks are pickled only a few ahead of the workers
         (:data:`MAP_CHUNKS_PER_WORKER`, :data:`MAP_BYTES_IN_FLIGHT`), so a large input
@@ -100,8 +101,10 @@ class ProcessBackend:
         if total <= 0:
             return []
         shipment = as_shipment(func)
-        chunks = chunk_slices(items, start, chunksize)
-        first_start, first_chunk = next(chunks)
+        chunks = chunk_slices(items, start, chunksize, skip)
+        first_start, first_chunk = next(chunks, (start, ()))
+        if not first_chunk:  # every remaining item was evaluated while sampling
+            return [None] * total
         first_blob = pickle_chunk(first_chunk, first_start)  # fail before any worker starts
         deadline = None if timeout is None else time.monotonic() + timeout
         run: PoolRun | None = None

@@ -23,6 +23,19 @@ def _callable(func: Sendable) -> Callable[[Any], Any]:
     return raw
 
 
+def _renumber(exc: BaseException, offset: int) -> None:
+    """Shift the item index in the note :func:`add_item_note` left by ``offset``."""
+    notes = getattr(exc, "__notes__", None)
+    if not notes:
+        return
+    prefix = "autopar: raised while processing item "
+    last = notes[-1]
+    if isinstance(last, str) and last.startswith(prefix):
+        index, _, rest = last[len(prefix) :].partition(":")
+        if index.isdigit():
+            notes[-1] = f"{prefix}{int(index) + offset}:{rest}"
+
+
 class SerialBackend:
     """Runs items one after another here; exceptions name the failing item."""
 
@@ -39,8 +52,10 @@ class SerialBackend:
         timeout: float | None = None,
         progress: Callable[[int], None] | None = None,
         busy: dict[int, float] | None = None,
+        skip: Sequence[int] = (),
     ) -> list[Any]:
-        """``[func(x) for x in items[start:]]``, with the failing index noted.
+        """``[func(x) for x in items[start:]]``, with the failing index noted (None
+        at ``skip`` positions, evaluated while sampling).
 
         With ``timeout``, :class:`~autopar.errors.TaskTimeoutError` is raised at the
         first item boundary past it: an item running here cannot be interrupted.
@@ -52,6 +67,17 @@ class SerialBackend:
         item at no per-item cost.
         """
         func = _callable(func)
+        holes = [p for p in skip if start <= p < len(items)]
+        if holes:  # the runs between items already evaluated, each as fast as a plain loop
+            deadline = None if timeout is None else time.monotonic() + timeout
+            results: list[Any] = []
+            for hole in [*holes, len(items)]:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                results += self._segment(func, items, start, hole, progress, left)
+                if hole < len(items):
+                    results.append(None)
+                start = hole + 1
+            return results
         if progress is not None or timeout is not None:
             rest = itertools.islice(items, start, None)
             return list(self.imap(func, rest, offset=start, progress=progress, timeout=timeout))
@@ -69,6 +95,26 @@ class SerialBackend:
                 position = state[2] if len(state) > 2 and isinstance(state[2], int) else len(items)
                 index = position - 1
                 add_item_note(exc, index, items[index])
+            raise
+
+    def _segment(
+        self,
+        func: Callable[[Any], Any],
+        items: Sequence[Any],
+        start: int,
+        end: int,
+        progress: Callable[[int], None] | None,
+        timeout: float | None,
+    ) -> list[Any]:
+        """``items[start:end]`` mapped, failures named by their index in ``items``."""
+        if progress is not None or timeout is not None:
+            rest = itertools.islice(items, start, end)
+            return list(self.imap(func, rest, offset=start, progress=progress, timeout=timeout))
+        segment = items[start:end]
+        try:
+            return self.map(func, segment)
+        except BaseException as exc:
+            _renumber(exc, start)
             raise
 
     def imap(
