@@ -32,6 +32,7 @@ __all__ = [
     "predict_parallel",
     "worker_limit",
     "prior_costs",
+    "start_cost",
 ]
 
 Executor = Literal["serial", "process"]
@@ -123,6 +124,9 @@ class Workload:
     pickle_s: float = 0.0
     worker_bytes: float = 0.0
     """Memory one worker process needs before any item (its interpreter, imports)."""
+    chunk_bytes: float = 0.0
+    """Pickled bytes sent with every chunk besides its items: the function itself
+    when it travels by value (a ``partial`` holding a large table)."""
 
     def to_record(self, time_bucket: int, size_bucket: str) -> dict[str, Any]:
         """The plain dict stored with a plan (what it was made from)."""
@@ -136,6 +140,7 @@ class Workload:
             "in_bytes": self.in_bytes,
             "out_bytes": self.out_bytes,
             "pickle_s": self.pickle_s,
+            "chunk_bytes": self.chunk_bytes,
         }
 
     @classmethod
@@ -157,6 +162,7 @@ class Workload:
             in_bytes=num("in_bytes", 0.0),
             out_bytes=num("out_bytes", 0.0),
             pickle_s=num("pickle_s", 0.0),
+            chunk_bytes=num("chunk_bytes", 0.0),
         )
 
 
@@ -198,19 +204,27 @@ def _finite(value: float, default: float = 0.0) -> float:
     return value if math.isfinite(value) and value >= 0 else default
 
 
-def predict_parallel(w: Workload, costs: Costs, n_jobs: int, chunksize: int, cores: int) -> float:
-    """Predicted wall seconds for ``n_jobs`` workers and chunks of ``chunksize``."""
+def start_cost(costs: Costs, n_jobs: int, warm: int = 0) -> float:
+    """Seconds to start ``n_jobs`` workers: none when a pool of that size is warm."""
+    return 0.0 if warm == n_jobs else n_jobs * costs.worker_start_s
+
+
+def predict_parallel(w: Workload, costs: Costs, n_jobs: int, chunksize: int, cores: int, warm: int = 0) -> float:
+    """Predicted wall seconds for ``n_jobs`` workers and chunks of ``chunksize``
+    (``warm``: the size of a pool already running, whose start costs nothing)."""
     n_items = w.n_items if w.n_items is not None else STREAM_ASSUMED_ITEMS
     if n_items <= 0:
-        return n_jobs * costs.worker_start_s
+        return start_cost(costs, n_jobs, warm)
     t = _finite(w.item_s)
     cv = PRIOR_CV if w.cv is None else _finite(w.cv)
     transfer = (_finite(w.in_bytes) + _finite(w.out_bytes)) * costs.byte_s
     half_pickle = _finite(w.pickle_s) / 2
     n_chunks = math.ceil(n_items / chunksize)
+    # Per chunk: the round trip, and the function's own bytes when it travels with each.
+    chunk_s = costs.chunk_s + _finite(w.chunk_bytes) * costs.byte_s
 
     per_item_worker = t + half_pickle + transfer
-    chunk_time = chunksize * per_item_worker + costs.chunk_s
+    chunk_time = chunksize * per_item_worker + chunk_s
     # Chunks go to whichever worker is free, so with equal chunks the busiest worker
     # does ``rounds`` or ``rounds + 1`` of them; a short last chunk lands on a worker
     # that has one chunk fewer, and only adds time when all have the same count.
@@ -219,15 +233,15 @@ def predict_parallel(w: Workload, costs: Costs, n_jobs: int, chunksize: int, cor
     if extra:
         busiest = (rounds + 1) * chunk_time
     else:
-        busiest = rounds * chunk_time + (rest * per_item_worker + costs.chunk_s if rest else 0.0)
+        busiest = rounds * chunk_time + (rest * per_item_worker + chunk_s if rest else 0.0)
     busiest += VARIANCE_Z * cv * t * math.sqrt(chunksize)
-    parent_busy = n_items * (half_pickle + transfer) + n_chunks * costs.chunk_s
+    parent_busy = n_items * (half_pickle + transfer) + n_chunks * chunk_s
     cpu_fraction = min(1.0, _finite(w.cpu_fraction, 1.0))
     # ``byte_s`` is measured per byte and direction with both ends' work in it (the
     # parent waits while a payload goes there and back), so transfer counts once.
-    cpu_total = n_items * (t * cpu_fraction + 2 * half_pickle + transfer) + 2 * n_chunks * costs.chunk_s
+    cpu_total = n_items * (t * cpu_fraction + 2 * half_pickle + transfer) + 2 * n_chunks * chunk_s
     run = max(busiest, parent_busy, cpu_total / max(1, cores))
-    return n_jobs * costs.worker_start_s + run
+    return start_cost(costs, n_jobs, warm) + run
 
 
 def _chunk_candidates(n_items: int | None, n_jobs: int, item_s: float) -> Iterator[int]:
@@ -277,7 +291,7 @@ def memory_needed(w: Workload, n_jobs: int, chunksize: int) -> float:
 
 
 def _best_per_worker_count(
-    w: Workload, costs: Costs, limit: int, usable_cpus: int, budget: float, considered: list[Candidate]
+    w: Workload, costs: Costs, limit: int, usable_cpus: int, budget: float, considered: list[Candidate], warm: int
 ) -> list[Candidate]:
     """For each worker count from 2 to ``limit``, its fastest chunk size that fits in
     memory (ties go to the larger chunk); every pair weighed is added to ``considered``."""
@@ -287,7 +301,7 @@ def _best_per_worker_count(
         for chunksize in sorted(set(_chunk_candidates(w.n_items, n_jobs, _finite(w.item_s)))):
             if memory_needed(w, n_jobs, chunksize) > budget:
                 continue
-            predicted = predict_parallel(w, costs, n_jobs, chunksize, usable_cpus)
+            predicted = predict_parallel(w, costs, n_jobs, chunksize, usable_cpus, warm)
             considered.append(Candidate(n_jobs, chunksize, predicted))
             if (
                 best is None
@@ -322,8 +336,11 @@ def choose_plan(
     usable_cpus: int,
     max_workers: int | None = None,
     memory_bytes: float | None = None,
+    warm: int = 0,
 ) -> Decision:
     """The best plan the model can find: serial, or worker count and chunk size.
+
+    ``warm`` is the size of a pool already running: starting it costs nothing.
 
     Guarantees, property-tested: ``1 <= n_jobs <= min(worker_limit(...), n_items)``
     (the usable CPUs for CPU work, more for waiting work), ``chunksize >= 1``, and
@@ -359,7 +376,7 @@ def choose_plan(
         why = "max_workers allows one" if max_workers is not None and max_workers < 2 else "1 CPU is usable"
         return serial(f"serial: only one worker possible ({why})")
 
-    best_per_n = _best_per_worker_count(w, costs, limit, usable_cpus, budget, considered)
+    best_per_n = _best_per_worker_count(w, costs, limit, usable_cpus, budget, considered, warm)
     if not best_per_n:
         return serial(
             f"serial: {(memory_bytes or 0) / 2**20:,.0f} MiB available is not enough for two workers "
@@ -370,7 +387,7 @@ def choose_plan(
     candidates = tuple(best_per_n)
     speedup = serial_s / choice.predicted_s if choice.predicted_s > 0 else 0.0
     if speedup < MIN_SPEEDUP:
-        start = choice.n_jobs * costs.worker_start_s
+        start = start_cost(costs, choice.n_jobs, warm)
         return serial(
             f"serial: {effective_n} items x {format_seconds(t)} = {format_seconds(serial_s)} of work; "
             f"the best parallel plan ({choice.n_jobs} workers, {format_seconds(start)} to start them) "
@@ -379,6 +396,8 @@ def choose_plan(
             candidates,
         )
     waits = _why_this_many(choice, best_per_n, limit, usable_cpus, cpu_fraction)
+    if warm == choice.n_jobs:
+        waits += f"; counting on the {warm} workers already running (no start cost)"
     return Decision(
         "process",
         choice.n_jobs,

@@ -119,6 +119,10 @@ class Request:
     ship_problem: Callable[[], str | None] | None
     cluster: Cluster | None = None
     profile: bool = False
+    warm: int = 0
+    """Workers of a pool already running for this call's backend (0: none)."""
+    ship_bytes: Callable[[], int] | None = None
+    """The function's pickled size when it travels with every chunk (else 0)."""
 
     @property
     def parallel(self) -> str:
@@ -174,6 +178,8 @@ def make_plan(
     cluster: Cluster | None = None,
     measure: Callable[[], Costs] | None = None,
     items: Sequence[Any] | None = None,
+    warm: int = 0,
+    ship_bytes: Callable[[], int] | None = None,
 ) -> Planned:
     """Probe, look up, and on a miss sample, decide and save. See the module doc.
 
@@ -190,7 +196,9 @@ def make_plan(
     system = current_system(options.start_method) if cluster is None else cluster.system()
     if cluster is not None:
         measure = cluster.measure
-    request = Request(func, name, digest, n_items, options, store, system, measure, ship_problem, cluster, profile)
+    request = Request(
+        func, name, digest, n_items, options, store, system, measure, ship_problem, cluster, profile, warm, ship_bytes
+    )
     sampler = Sampler(func)
     skipped = _skip_probe(request, sampler, source)
     if skipped is not None:
@@ -347,6 +355,8 @@ def _decide_and_save(
     plan = _plan_of(request, decision, sample.unpicklable)
     planning_s = time.perf_counter() - t_start
     logger.debug("autopar: planned %s in %.1f ms: %s", key, planning_s * 1e3, plan.reason)
+    if decision.candidates:
+        workload = replace(workload, chunk_bytes=_chunk_bytes(request, workload))
     stored = workload.to_record(tbucket, size_bucket(request.n_items))
     if request.cached:
         heavy = plan.executor == request.parallel and workload.item_s >= HEAVY_ITEM_S and request.n_items is not None
@@ -412,13 +422,26 @@ def decide(request: Request, workload: Workload) -> tuple[Decision, dict[str, An
     costs = prior_costs(system.start_method)
     memory = float(system.available_memory)
     workload = replace(workload, worker_bytes=worker_bytes(system.start_method))
-    decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory)
+    warm = request.warm
+    decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory, warm=warm)
     best = min((c.predicted_s for c in decision.candidates), default=float("inf"))
     clearly_serial = decision.executor == "serial" and decision.serial_s < CLEARLY_SERIAL * best
-    if not clearly_serial and decision.candidates and request.measure is not None:
-        costs = load_or_measure_costs(request.store, system, request.measure)
-        decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory)
+    if not clearly_serial and decision.candidates:
+        if request.measure is not None:
+            costs = load_or_measure_costs(request.store, system, request.measure)
+        workload = replace(workload, chunk_bytes=_chunk_bytes(request, workload))
+        decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory, warm=warm)
     return decision, asdict(costs)
+
+
+def _chunk_bytes(request: Request, workload: Workload) -> float:
+    """The function's pickled size, asked only when parallel is in question."""
+    if workload.chunk_bytes or request.ship_bytes is None:
+        return workload.chunk_bytes
+    try:
+        return float(request.ship_bytes())
+    except Exception:  # noqa: BLE001 - a function that cannot be pickled is reported elsewhere
+        return 0.0
 
 
 def worker_bytes(start_method: str) -> float:

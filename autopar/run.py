@@ -76,6 +76,11 @@ class Target:
             cluster = Cluster(info.fingerprint, info.threads, memory, backend.measure_costs)  # type: ignore[attr-defined]
         return cls(name, backend, cluster)
 
+    def warm(self) -> int:
+        """Workers of this backend already running (a warm pool), 0 when none."""
+        warm_workers: Callable[[], int] | None = getattr(self.backend, "warm_workers", None)
+        return warm_workers() if warm_workers is not None else 0
+
     @property
     def measure(self) -> Callable[[], Costs] | None:
         """How this backend measures its own costs (None: it has none to measure)."""
@@ -177,9 +182,15 @@ class Call:
             cluster=self.target.cluster,
             measure=self.target.measure,
             items=items,
+            warm=self.target.warm(),
+            ship_bytes=self._ship_bytes,
         )
         self.count(planned.hit)
         return planned
+
+    def _ship_bytes(self) -> int:
+        """Bytes of the function that travel with every chunk."""
+        return len(self.shipment().blob)
 
     def sendable(self) -> Callable[[Any], Any] | Shipment:
         """What the backend runs: the function itself here, its shipment elsewhere."""

@@ -72,6 +72,10 @@ class ProcessBackend:
             run._keep.append(shipment.keep)
         return run
 
+    def warm_workers(self) -> int:
+        """Workers already running for this start method that a call could reuse."""
+        return WarmPools.size(self.start_method) if self.reuse else 0
+
     def measure_costs(self) -> Costs:
         """This machine's costs for this start method, timed on a real pool of two."""
         return calibration.measure_costs(self.start_method)

@@ -83,6 +83,13 @@ class WarmPools:
         cls._shut(run)
 
     @classmethod
+    def size(cls, start_method: str) -> int:
+        """Workers of the idle pool for ``start_method`` (0 when there is none)."""
+        with cls._lock:
+            run = cls._idle.get(start_method)
+        return run.n_jobs if run is not None else 0
+
+    @classmethod
     def idle(cls) -> list[PoolRun]:
         """The pools kept warm now."""
         with cls._lock:
