@@ -20,6 +20,7 @@ from .learning import LEARN_MIN_S, learn
 from .model import Costs
 from .plan import Plan, serial_plan
 from .planner import Cluster, Options, Planned, make_plan
+from .sampling import runnable_seconds
 from .serialization import Shipment
 from .store import get_store
 from .system import in_worker, usable_cpus
@@ -240,6 +241,7 @@ class Call:
     ) -> tuple[list[Any], RunRecord]:
         busy: dict[int, float] = {}
         began = time.perf_counter()
+        waited = runnable_seconds()
         if execution.executor == "serial":
             results = SerialBackend().map(self.func, items, start=start, progress=tick, skip=skip)
         else:
@@ -254,7 +256,10 @@ class Call:
                 skip=skip,
             )
         wall_s = time.perf_counter() - began
-        busy_s = wall_s if execution.executor == "serial" else sum(busy.values())
+        if execution.executor == "serial":  # net of waiting for a CPU: the work's own time
+            busy_s = wall_s - min(max(0.0, runnable_seconds() - waited), 0.9 * wall_s)
+        else:
+            busy_s = sum(busy.values())
         record = RunRecord(
             execution.executor,
             execution.n_jobs,
@@ -291,7 +296,8 @@ class Call:
         store = get_store()
         item_s = record.busy_s / record.n_items
         n_run, wall_s = record.n_items, record.wall_s
-        if learn(planned, self.name, store, n_run=n_run, wall_s=wall_s, item_s=item_s, ship_problem=self.ship_problem):
+        ship, warm = self.ship_problem, self.target.warm()
+        if learn(planned, self.name, store, n_run=n_run, wall_s=wall_s, item_s=item_s, ship_problem=ship, warm=warm):
             self.learned()
 
     # -- imap -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ is still evaluated exactly once, in order, with failures named by their position
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def test_the_first_positions_cover_the_range_evenly(low: int, span: int, count: 
     count = min(count, span)
     first = sorted(list(spread_positions(low, low + span))[:count])
     edges = [low, *first, low + span]
-    widest = max(b - a for a, b in zip(edges, edges[1:], strict=False))
+    widest = max(b - a for a, b in itertools.pairwise(edges))
     assert widest <= 2 * span / count + 2
 
 

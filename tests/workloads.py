@@ -52,6 +52,13 @@ def heavy_plain(x: int) -> int:
 
 
 @auto_parallel
+def light_plain(x: int) -> int:
+    """20 us of CPU: a few thousand of them are not worth starting workers for."""
+    spin(20e-6)
+    return 3 * x
+
+
+@auto_parallel
 def logged(item: tuple[int, str]) -> int:
     """1 ms of CPU; appends x to the log file named in the item (to count calls).
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UnpicklableError
+from ..sampling import runnable_seconds
 from ..system import mark_worker
 from .chunks import RESULT_CANNOT, evaluate, pickle_values
 from .failures import ItemFailure, dumps_exception
@@ -235,6 +236,7 @@ def _run_chunk(digest: str, function: bytes, start: int, blob: bytes) -> ChunkRe
     if _cancel is not None and _cancel.value:
         return start, None, pid, 0.0, None
     began = time.perf_counter()
+    waited = runnable_seconds()  # busy time is net of waiting for a CPU, as the sampler's is
     func = load_function(digest, function)
     items = pickle.loads(blob)
     slots, base = _slots, _slot_base
@@ -245,7 +247,8 @@ def _run_chunk(digest: str, function: bytes, start: int, blob: bytes) -> ChunkRe
     payload = pickle_values(results, start, RESULT_CANNOT)
     if slots is not None:
         slots[base + 2] = 0
-    return start, payload, pid, time.perf_counter() - began, None
+    busy = time.perf_counter() - began
+    return start, payload, pid, busy - min(max(0.0, runnable_seconds() - waited), 0.9 * busy), None
 
 
 def echo(value: Any) -> Any:
