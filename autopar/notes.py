@@ -5,11 +5,13 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-__all__ = ["add_item_note", "add_note"]
+__all__ = ["add_item_note", "add_note", "shift_item_note"]
 
 _repr = reprlib.Repr()
 _repr.maxstring = 80
 _repr.maxother = 80
+
+_ITEM_NOTE = "autopar: raised while processing item "
 
 
 def add_note(exc: BaseException, note: str) -> None:
@@ -27,4 +29,15 @@ def add_note(exc: BaseException, note: str) -> None:
 
 def add_item_note(exc: BaseException, index: int, item: Any) -> None:
     """Name the failing item's index (and a short repr) on the exception."""
-    add_note(exc, f"autopar: raised while processing item {index}: {_repr.repr(item)}")
+    add_note(exc, f"{_ITEM_NOTE}{index}: {_repr.repr(item)}")
+
+
+def shift_item_note(exc: BaseException, offset: int) -> None:
+    """Add ``offset`` to the index in the last :func:`add_item_note` note: the item
+    was numbered within a part of the input that starts at ``offset``."""
+    notes = getattr(exc, "__notes__", None)
+    if not notes or not isinstance(notes[-1], str) or not notes[-1].startswith(_ITEM_NOTE):
+        return
+    index, _, rest = notes[-1][len(_ITEM_NOTE) :].partition(":")
+    if index.isdigit():
+        notes[-1] = f"{_ITEM_NOTE}{int(index) + offset}:{rest}"

@@ -8,18 +8,21 @@ to learn from (an override says nothing about the plan).
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import logging
 import math
 import operator
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from .backends import Backend, SerialBackend, check_backend, get_backend
 from .errors import NotIterableError
 from .learning import LEARN_MIN_S, learn
-from .model import Costs
+from .model import Costs, Workload, format_seconds
+from .notes import shift_item_note
 from .plan import Plan, serial_plan
-from .planner import Cluster, Options, Planned, make_plan
+from .planner import Cluster, Options, Planned, decide, make_plan
 from .sampling import runnable_seconds
 from .serialization import Shipment
 from .store import get_store
@@ -27,7 +30,14 @@ from .system import in_worker, usable_cpus
 
 __all__ = ["IN_WORKER", "Call", "Execution", "RunRecord", "Target", "as_sequence", "iterate", "resolve"]
 
+logger = logging.getLogger("autopar")
+
 IN_WORKER = "serial: inside a worker (no nested pools)"
+#: A stream of unknown length running serially is weighed again for workers each
+#: time its run doubles, from this many seconds on (see ``_serial_until_parallel_pays``).
+STREAM_CHECK_S = 0.05
+#: Items it runs between looks at the clock, at most (the batch doubles up to it).
+STREAM_BATCH_MAX = 4096
 _FIXED = serial_plan("explicit n_jobs and chunksize")
 
 
@@ -319,6 +329,7 @@ class Call:
             return
         chunksize = chunksize if chunksize is not None else self.chunksize
         offset = 0
+        planned: Planned | None = None
         if n_jobs is not None and chunksize is not None:  # nothing to plan, as in map()
             execution = resolve(
                 _FIXED, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=n_items
@@ -333,6 +344,11 @@ class Call:
             execution = resolve(
                 planned.plan, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=remaining
             )
+        if execution.executor == "serial" and n_items is None and planned is not None and execution.as_planned:
+            switch = yield from self._serial_until_parallel_pays(planned, source, offset, tick)
+            if switch is None:
+                return
+            execution, offset = switch
         if execution.executor == "serial":
             yield from SerialBackend().imap(
                 self.func, source, offset=offset, n_jobs=1, chunksize=1, ordered=True, progress=tick
@@ -347,6 +363,51 @@ class Call:
             ordered=ordered,
             progress=tick,
         )
+
+    def _serial_until_parallel_pays(
+        self, planned: Planned, source: Iterator[Any], offset: int, tick: Any
+    ) -> Generator[Any, None, tuple[Execution, int] | None]:
+        """Run a stream of unknown length here while it is short; once the items seen
+        show that workers would pay for as many more, return where to go on in parallel.
+
+        The stream's plan assumed its length. Each time the serial run doubles its
+        time (from :data:`STREAM_CHECK_S`), the model decides again for a stream as
+        long again as the part seen, with the item time measured here (net of
+        waiting for a CPU). Returns None when the stream ends first.
+        """
+        request = planned.request
+        serial = SerialBackend()
+        index, batch, check_at = offset, 1, STREAM_CHECK_S
+        elapsed = 0.0
+        while True:
+            items = list(itertools.islice(source, batch))
+            if not items:
+                return None
+            began, waited = time.perf_counter(), runnable_seconds()
+            try:
+                results = serial.map(self.func, items)
+            except BaseException as exc:
+                shift_item_note(exc, index)
+                raise
+            took = time.perf_counter() - began
+            elapsed += took - min(max(0.0, runnable_seconds() - waited), 0.9 * took)
+            if tick is not None:
+                tick(len(results))
+            yield from results
+            index += len(items)
+            batch = min(batch * 2, STREAM_BATCH_MAX)
+            if elapsed < check_at or request is None or self.ship_problem() is not None:
+                continue
+            check_at *= 2
+            seen = index - offset
+            workload = Workload.from_record(planned.workload or {}, n_items=seen, item_s=elapsed / seen)
+            decision, _ = decide(dataclasses.replace(request, n_items=seen, warm=self.target.warm()), workload)
+            if decision.executor == "process":
+                logger.info(
+                    "autopar: %s: a stream of unknown length goes to %d workers after %d items (%s each): %s",
+                    self.name, decision.n_jobs, index, format_seconds(elapsed / seen), decision.reason,
+                )  # fmt: skip
+                return Execution(self.target.name, decision.n_jobs, decision.chunksize, True), index
 
     # -- plan -----------------------------------------------------------------------
 

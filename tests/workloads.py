@@ -52,6 +52,14 @@ def heavy_plain(x: int) -> int:
 
 
 @auto_parallel
+def tiny_pid(x: int) -> tuple[int, int]:
+    """2 us of CPU, and the pid that computed it: 10,000 of them are not worth
+    workers; a few hundred thousand are."""
+    spin(2e-6)
+    return x, os.getpid()
+
+
+@auto_parallel
 def light_plain(x: int) -> int:
     """20 us of CPU: a few thousand of them are not worth starting workers for."""
     spin(20e-6)

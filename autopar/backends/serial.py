@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import TaskTimeoutError
-from ..notes import add_item_note
+from ..notes import add_item_note, shift_item_note
 from ..serialization import Shipment
 from .base import Sendable
 
@@ -21,19 +21,6 @@ def _callable(func: Sendable) -> Callable[[Any], Any]:
         func = func.func
     raw: Callable[[Any], Any] = getattr(func, "_autopar_raw", func)
     return raw
-
-
-def _renumber(exc: BaseException, offset: int) -> None:
-    """Shift the item index in the note :func:`add_item_note` left by ``offset``."""
-    notes = getattr(exc, "__notes__", None)
-    if not notes:
-        return
-    prefix = "autopar: raised while processing item "
-    last = notes[-1]
-    if isinstance(last, str) and last.startswith(prefix):
-        index, _, rest = last[len(prefix) :].partition(":")
-        if index.isdigit():
-            notes[-1] = f"{prefix}{int(index) + offset}:{rest}"
 
 
 class SerialBackend:
@@ -114,7 +101,7 @@ class SerialBackend:
         try:
             return self.map(func, segment)
         except BaseException as exc:
-            _renumber(exc, start)
+            shift_item_note(exc, start)
             raise
 
     def imap(

@@ -1,0 +1,51 @@
+"""Streams of unknown length: planned short, moved to workers once they prove long."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from autopar import auto_parallel
+from tests import workloads
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _stream(n: int):  # type: ignore[no-untyped-def]
+    yield from range(n)
+
+
+def test_a_long_stream_moves_to_workers_and_loses_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    plan = workloads.tiny_pid.plan(_stream(20_000))
+    assert plan.executor == "serial", "planned as a short stream"
+    with caplog.at_level(logging.INFO, logger="autopar"):
+        results = list(workloads.tiny_pid.imap(_stream(300_000)))
+    assert [x for x, _ in results] == list(range(300_000)), "every item once, in order"
+    pids = {pid for _, pid in results}
+    assert pids - {os.getpid()}, "the rest of the stream ran on workers"
+    assert any("goes to" in r.getMessage() and "workers after" in r.getMessage() for r in caplog.records)
+
+
+def test_unordered_streams_switch_too() -> None:
+    results = list(workloads.tiny_pid.imap(_stream(300_000), ordered=False))
+    assert sorted(x for x, _ in results) == list(range(300_000))
+
+
+def test_a_short_stream_stays_here() -> None:
+    results = list(workloads.tiny_pid.imap(_stream(3000)))
+    assert results == [(x, os.getpid()) for x in range(3000)]
+
+
+def _fails_at_5000(x: int) -> int:
+    if x == 5000:
+        raise ValueError("bad item")
+    return x
+
+
+def test_a_failure_in_the_serial_part_names_its_index() -> None:
+    func = auto_parallel(_fails_at_5000)
+    with pytest.raises(ValueError, match="bad item") as info:
+        list(func.imap(_stream(10_000)))
+    assert "item 5000: 5000" in "\n".join(info.value.__notes__)
