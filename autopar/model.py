@@ -127,6 +127,9 @@ class Workload:
     chunk_bytes: float = 0.0
     """Pickled bytes sent with every chunk besides its items: the function itself
     when it travels by value (a ``partial`` holding a large table)."""
+    serial_item_s: float | None = None
+    """Seconds per item in the caller's own loop, when it differs from a worker's
+    (native thread pools: the caller's BLAS uses every core, a worker's one)."""
 
     def to_record(self, time_bucket: int, size_bucket: str) -> dict[str, Any]:
         """The plain dict stored with a plan (what it was made from)."""
@@ -141,6 +144,7 @@ class Workload:
             "out_bytes": self.out_bytes,
             "pickle_s": self.pickle_s,
             "chunk_bytes": self.chunk_bytes,
+            "serial_item_s": self.serial_item_s,
         }
 
     @classmethod
@@ -163,6 +167,7 @@ class Workload:
             out_bytes=num("out_bytes", 0.0),
             pickle_s=num("pickle_s", 0.0),
             chunk_bytes=num("chunk_bytes", 0.0),
+            serial_item_s=num("serial_item_s", -1.0) if num("serial_item_s", -1.0) > 0 else None,
         )
 
 
@@ -349,7 +354,8 @@ def choose_plan(
     n_items = w.n_items
     t = _finite(w.item_s)
     effective_n = n_items if n_items is not None else STREAM_ASSUMED_ITEMS
-    serial_s = effective_n * t
+    serial_t = t if w.serial_item_s is None else _finite(w.serial_item_s, t)
+    serial_s = effective_n * serial_t
     cpu_fraction = min(1.0, _finite(w.cpu_fraction, 1.0))
     io_bound = cpu_fraction < IO_BOUND_CPU_FRACTION
     limit = worker_limit(usable_cpus, max_workers, io_bound=io_bound)

@@ -15,7 +15,10 @@ stored plan from a real run that ran as planned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -30,7 +33,7 @@ from .plan import DEFAULT_TTL_S, Plan, plan_record, read_plan_record, serial_pla
 from .sampling import Sampler
 from .serialization import pickle_problem
 from .store import PlanStore
-from .system import SystemInfo, current_system
+from .system import NATIVE_POOL_MODULES, THREAD_VARS, SystemInfo, current_system
 from .workload import hint_key, key_time_bucket, plan_key, plan_prefix, size_bucket, time_bucket
 
 __all__ = [
@@ -210,9 +213,13 @@ def make_plan(
     found = _look_up(request, tbucket, sampler, source)
     if found is not None:
         return found
-    if _sample(request, sampler, source, items):
+    limited = _as_workers_run(request)
+    with limited:
+        exhausted = _sample(request, sampler, source, items)
+    if exhausted:
         return _all_evaluated(request, sampler, source, False, key)
-    return _decide_and_save(request, sampler, source, key, tbucket, t_start)
+    serial_item_s = _probe_s(sampler) if not isinstance(limited, contextlib.nullcontext) else None
+    return _decide_and_save(request, sampler, source, key, tbucket, t_start, serial_item_s)
 
 
 def _skip_probe(request: Request, sampler: Sampler, source: Iterator[Any]) -> Planned | None:
@@ -297,6 +304,33 @@ def spread_positions(low: int, high: int) -> Iterator[int]:
         denominator *= 2
 
 
+def native_threads() -> int:
+    """Most threads any loaded native thread pool runs with (1 when none is loaded).
+
+    Asked only when a module that carries such pools is imported: importing
+    threadpoolctl and listing the pools costs milliseconds.
+    """
+    if any(var in os.environ for var in THREAD_VARS) or not any(m in sys.modules for m in NATIVE_POOL_MODULES):
+        return 1
+    try:
+        from threadpoolctl import threadpool_info
+
+        return max((int(pool.get("num_threads") or 1) for pool in threadpool_info()), default=1)
+    except Exception:  # noqa: BLE001 - an odd library must not stop planning
+        return 1
+
+
+def _as_workers_run(request: Request) -> contextlib.AbstractContextManager[object]:
+    """Native thread pools limited as in a worker of a plan using every CPU (the
+    probe before it timed the serial loop with the caller's own setting)."""
+    if request.cluster is not None or native_threads() <= 1:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    limits: contextlib.AbstractContextManager[object] = threadpool_limits(limits=1)
+    return limits
+
+
 def _sample(request: Request, sampler: Sampler, source: Iterator[Any], items: Sequence[Any] | None) -> bool:
     """Sample more items, within the budget; True when the input ran out.
 
@@ -337,12 +371,19 @@ def _sample_spread(request: Request, sampler: Sampler, items: Sequence[Any], n_i
 
 
 def _decide_and_save(
-    request: Request, sampler: Sampler, source: Iterator[Any], key: str, tbucket: int, t_start: float
+    request: Request,
+    sampler: Sampler,
+    source: Iterator[Any],
+    key: str,
+    tbucket: int,
+    t_start: float,
+    serial_item_s: float | None = None,
 ) -> Planned:
     sample = sampler.summary(request.n_items)
     workload = Workload(
         n_items=request.n_items,
         item_s=sample.mean_s,
+        serial_item_s=serial_item_s,
         cv=sample.cv,
         cpu_fraction=sample.cpu_fraction,
         in_bytes=sample.in_bytes,

@@ -32,6 +32,19 @@ __all__ = [
     "usable_cpus",
 ]
 
+#: Environment variables that size native thread pools (OpenMP, OpenBLAS, MKL,
+#: BLIS, Accelerate, numexpr), read when such a library loads.
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+#: Modules whose presence means a native thread pool may already be loaded.
+NATIVE_POOL_MODULES = ("numpy", "scipy", "torch", "sklearn", "numexpr", "cv2", "tensorflow", "jax")
+
 #: Seconds a cgroup CPU quota reading is trusted: quotas change only when an
 #: operator resizes the container, and re-reading costs ~20 us per call.
 _CGROUP_REFRESH_S = 30.0

@@ -28,3 +28,9 @@ def heavy_numpy(x: int) -> float:
     """2 ms of Python CPU work on a numpy scalar."""
     spin(0.002)
     return float(numpy.float64(x) * 2)
+
+
+@auto_parallel(max_workers=1)
+def blas_threads_light(x: int) -> tuple[int, int]:
+    """This process's BLAS thread count and pid; planned (sampled) but always run here."""
+    return blas_threads_here(), os.getpid()

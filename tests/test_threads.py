@@ -51,3 +51,19 @@ def test_importing_numpy_does_not_force_serial() -> None:
     plan = numeric.heavy_numpy.plan(range(300))
     assert plan.executor == "process", plan.reason
     assert numeric.heavy_numpy.map(range(300)) == [2.0 * x for x in range(300)]
+
+
+def test_the_sample_times_native_work_as_a_worker_runs_it() -> None:
+    """Items sampled past the probe run with the BLAS thread count a worker gets (1
+    of 2 CPUs each); the probe, which times the serial loop, with the caller's."""
+    parent_threads = numeric.blas_threads_here()
+    if parent_threads < 2:
+        pytest.skip("the caller's BLAS runs one thread: nothing to limit")
+    items = list(range(300))
+    results = numeric.blas_threads_light.map(items)
+    assert {pid for _, pid in results} == {os.getpid()}, "max_workers=1: every item here"
+    counts = [threads for threads, _ in results]
+    assert counts[0] == parent_threads, "the probe times the serial loop with the caller's threads"
+    assert 1 in counts, "items sampled across the input ran as a worker would"
+    assert counts.count(1) <= 64, "only the sample"
+    assert numeric.blas_threads_here() == parent_threads, "the caller's own pools are restored"

@@ -30,7 +30,8 @@ from typing import Any
 
 from ..errors import UnpicklableError
 from ..sampling import runnable_seconds
-from ..system import mark_worker
+from ..system import NATIVE_POOL_MODULES as _NATIVE
+from ..system import THREAD_VARS, mark_worker
 from .chunks import RESULT_CANNOT, evaluate, pickle_values
 from .failures import ItemFailure, dumps_exception
 
@@ -56,18 +57,6 @@ _cancel: Any = None
 _parent_pid = -1
 
 
-#: Environment variables that size native thread pools (OpenMP, OpenBLAS, MKL,
-#: BLIS, Accelerate, numexpr), read when such a library loads.
-THREAD_VARS = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
-#: Modules whose presence means a native thread pool may already be loaded.
-_NATIVE = ("numpy", "scipy", "torch", "sklearn", "numexpr", "cv2", "tensorflow", "jax")
 
 
 def limit_threads(threads: int | None) -> None:
