@@ -30,6 +30,7 @@ from .plan import Plan
 from .planner import HEAVY_ITEM_S, Planned, Request, decide, save
 from .store import PlanStore
 from .system import current_system
+from .workload import costs_key
 
 __all__ = ["LEARN_MIN_S", "LEARN_RATIO", "MAX_TRIALS", "SWITCH_MARGIN", "Option", "learn", "tune"]
 
@@ -47,6 +48,9 @@ SWITCH_MARGIN = 0.10
 MAX_TRIALS = 3
 #: How far the measured parallel runs may scale the model's other predictions.
 _CORRECTION_RANGE = (0.5, 4.0)
+#: Measured parallel runs this many times off their predictions (either way) have
+#: the machine's costs measured again.
+COSTS_DISAGREE = 2.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,11 @@ def learn(
     decision, costs_dict = decide(request, workload)
     costs = Costs(**{k: v for k, v in costs_dict.items() if k != "measured"})
     cpus = request.system.usable_cpus
-    options_ = _options(evidence, workload, costs, decision.candidates, cpus, warm, current, n_items)
+    options_, correction = _options(evidence, workload, costs, decision.candidates, cpus, warm, current, n_items)
+    if not 1 / COSTS_DISAGREE < correction < COSTS_DISAGREE and request.cluster is None:
+        # Measured runs far from the model: the machine's costs may have been timed
+        # in a busy moment. Measure them again at the next planning.
+        store.delete(costs_key(request.system.start_method, cpus))
     now = next(o for o in options_ if o.config == current)
     choice, trial = tune(now, options_, trials=evidence.trials)
     parsed = parse_config(choice.config)
@@ -174,9 +182,10 @@ def _options(
     warm: int,
     current: str,
     n_items: int,
-) -> list[Option]:
+) -> tuple[list[Option], float]:
     """Every configuration worth weighing: serial, the model's best per worker count,
-    and every configuration with runs, each measured or predicted (corrected)."""
+    and every configuration with runs, each measured or predicted (corrected); and
+    the correction: how far measured parallel runs were from their predictions."""
     configs = {"serial", current, *evidence.runs}
     configs.update(config_name("process", c.n_jobs, c.chunksize) for c in candidates)  # type: ignore[attr-defined]
     predicted: dict[str, float] = {}
@@ -196,7 +205,8 @@ def _options(
         if (measured := evidence.measured(config)) is not None
     ]
     low, high = _CORRECTION_RANGE
-    correction = min(high, max(low, statistics.median(ratios))) if ratios else 1.0
+    observed = statistics.median(ratios) if ratios else 1.0
+    correction = min(high, max(low, observed))
     out = []
     for config, prediction in predicted.items():
         measured = evidence.measured(config)
@@ -204,7 +214,7 @@ def _options(
             out.append(Option(config, n_items * measured, evidence.count(config)))
         else:
             out.append(Option(config, prediction * (correction if config != "serial" else 1.0), 0))
-    return out
+    return out, observed
 
 
 def _plan(

@@ -128,7 +128,7 @@ def machine_costs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     if request.node.get_closest_marker("real_costs") is None:
         from autopar.backends import calibration
 
-        monkeypatch.setattr(calibration, "measure_costs", MACHINE_COSTS.__getitem__)
+        monkeypatch.setattr(calibration, "measure_costs", lambda method, keep=None: MACHINE_COSTS[method])
     return MACHINE_COSTS
 
 

@@ -70,3 +70,24 @@ def test_this_machines_costs_are_timed_on_a_real_pool_once(method: str) -> None:
     assert measured.chunk_s > 0
     assert measured.byte_s > 0
     assert costs.load_or_measure_costs(get_store(), info, measure) == measured, "read back, not timed again"
+
+
+@pytest.mark.real_costs
+@pytest.mark.timeout(120)
+def test_the_pool_that_measured_the_costs_runs_the_first_call(start_method: str) -> None:
+    """Measuring the machine's costs starts two workers; the call that needed the
+    measurement runs on them instead of starting its own."""
+    from autopar.backends.warm import WarmPools
+    from tests import workloads
+
+    items = list(range(300))
+    results = workloads.heavy.map(items)
+    assert [value for value, _ in results] == [2 * x for x in items]
+    assert get_store().get(f"costs:v{system.CACHE_FORMAT}:{start_method}:c{system.usable_cpus()}") is not None
+    idle = WarmPools.idle()
+    assert len(idle) == 1
+    pool = idle[0]
+    ran_on = {pid for _, pid in results} - {os.getpid()}
+    assert ran_on <= {p.pid for p in pool.workers}
+    if pool.n_jobs == 2:  # the plan used as many workers as the measurement started
+        assert pool.calls == 2, "one pool: the measurement's, then the call's"

@@ -77,7 +77,10 @@ class ProcessBackend:
         return WarmPools.size(self.start_method) if self.reuse else 0
 
     def measure_costs(self) -> Costs:
-        """This machine's costs for this start method, timed on a real pool of two."""
+        """This machine's costs for this start method, timed on a real pool of two
+        (kept warm afterwards when this backend reuses pools: the call runs on it)."""
+        if self.reuse:
+            return calibration.measure_costs(self.start_method, keep=WarmPools.release)
         return calibration.measure_costs(self.start_method)
 
     def map(
