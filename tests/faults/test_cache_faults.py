@@ -174,6 +174,7 @@ def test_wrong_schema_is_ignored() -> None:
 def test_row_with_outside_filename_reads_and_deletes_nothing(cache_dir: Path, tmp_path: Path) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
+    assert get_store().wait_open(30), "the store opens (a loaded machine may take a while)"
     workloads.heavy_plain.plan(ITEMS)
     with sqlite3.connect(cache_dir / "cache.db") as con:
         con.execute("UPDATE Cache SET mode = 2, filename = ?, value = NULL WHERE key LIKE 'plan:%'", (str(victim),))
@@ -188,6 +189,7 @@ def test_row_with_outside_filename_reads_and_deletes_nothing(cache_dir: Path, tm
     [("sqlite_journal_mode", "delete"), ("disk__directory", "/"), ("sqlite_foo", "1"), ("count", "x")],
 )
 def test_tampered_settings_fall_back_to_memory(cache_dir: Path, key: str, value: str) -> None:
+    assert get_store().wait_open(30), "the store opens (a loaded machine may take a while)"
     workloads.heavy_plain.plan(ITEMS)
     get_store().close()
     with sqlite3.connect(cache_dir / "cache.db") as con:
