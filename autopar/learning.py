@@ -121,7 +121,7 @@ def learn(
     request = planned.request or Request(
         lambda x: x, name, "", None, options, store, current_system(options.start_method), None, ship_problem
     )
-    request = replace(request, store=store, ship_problem=ship_problem or request.ship_problem, warm=warm)
+    request = replace(request, store=store, ship_problem=ship_problem or request.ship_problem, warm=lambda: warm)
     n_items = stored.get("n_items")
     n_items = n_items if type(n_items) is int and n_items > 0 else n_run
     t, why_t = _item_time(float(sampled_s), evidence)

@@ -122,8 +122,9 @@ class Request:
     ship_problem: Callable[[], str | None] | None
     cluster: Cluster | None = None
     profile: bool = False
-    warm: int = 0
-    """Workers of a pool already running for this call's backend (0: none)."""
+    warm: Callable[[], int] = lambda: 0
+    """Workers of a pool already running for this call's backend, asked when deciding
+    (measuring the costs may have just started one)."""
     ship_bytes: Callable[[], int] | None = None
     """The function's pickled size when it travels with every chunk (else 0)."""
 
@@ -181,7 +182,7 @@ def make_plan(
     cluster: Cluster | None = None,
     measure: Callable[[], Costs] | None = None,
     items: Sequence[Any] | None = None,
-    warm: int = 0,
+    warm: Callable[[], int] | None = None,
     ship_bytes: Callable[[], int] | None = None,
 ) -> Planned:
     """Probe, look up, and on a miss sample, decide and save. See the module doc.
@@ -200,8 +201,9 @@ def make_plan(
     if cluster is not None:
         measure = cluster.measure
     request = Request(
-        func, name, digest, n_items, options, store, system, measure, ship_problem, cluster, profile, warm, ship_bytes
-    )
+        func, name, digest, n_items, options, store, system, measure, ship_problem, cluster, profile,
+        warm or (lambda: 0), ship_bytes,
+    )  # fmt: skip
     sampler = Sampler(func)
     skipped = _skip_probe(request, sampler, source)
     if skipped is not None:
@@ -463,14 +465,14 @@ def decide(request: Request, workload: Workload) -> tuple[Decision, dict[str, An
     costs = prior_costs(system.start_method)
     memory = float(system.available_memory)
     workload = replace(workload, worker_bytes=worker_bytes(system.start_method))
-    warm = request.warm
-    decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory, warm=warm)
+    decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory, warm=request.warm())
     best = min((c.predicted_s for c in decision.candidates), default=float("inf"))
     clearly_serial = decision.executor == "serial" and decision.serial_s < CLEARLY_SERIAL * best
     if not clearly_serial and decision.candidates:
         if request.measure is not None:
             costs = load_or_measure_costs(request.store, system, request.measure)
         workload = replace(workload, chunk_bytes=_chunk_bytes(request, workload))
+        warm = request.warm()  # measuring may have left its pool running for this call
         decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory, warm=warm)
     return decision, asdict(costs)
 

@@ -193,7 +193,7 @@ class Call:
             cluster=self.target.cluster,
             measure=self.target.measure,
             items=items,
-            warm=self.target.warm(),
+            warm=self.target.warm,
             ship_bytes=self._ship_bytes,
         )
         self.count(planned.hit)
@@ -401,7 +401,7 @@ class Call:
             check_at *= 2
             seen = index - offset
             workload = Workload.from_record(planned.workload or {}, n_items=seen, item_s=elapsed / seen)
-            decision, _ = decide(dataclasses.replace(request, n_items=seen, warm=self.target.warm()), workload)
+            decision, _ = decide(dataclasses.replace(request, n_items=seen, warm=self.target.warm), workload)
             if decision.executor == "process":
                 logger.info(
                     "autopar: %s: a stream of unknown length goes to %d workers after %d items (%s each): %s",
