@@ -70,6 +70,11 @@ CLEARLY_SERIAL = 0.5
 #: on two workers costs a third of a six-item run). A hint row remembers the time
 #: bucket, and real runs check it (see :func:`learn`).
 HEAVY_ITEM_S = 0.01
+#: With native thread pools loaded, this many items after the probe are timed with
+#: one thread, as a worker runs them, to compare with the probe's (caller's) times...
+LIMITED_PAIRS = 4
+#: ...when the probed items take at least this long (shorter ones are timer noise).
+THREAD_TIMING_MIN_S = 20e-6
 #: A forked worker's own memory to begin with (page tables, first copied pages).
 FORK_WORKER_BYTES = 16 * 2**20
 
@@ -216,12 +221,33 @@ def make_plan(
     if found is not None:
         return found
     limited = _as_workers_run(request)
+    probed = len(sampler.times)
     with limited:
+        # Neighbours of the probed items, timed as a worker runs them: the two
+        # compare like with like, whatever the cost does along the input.
+        pairs = min(probed, LIMITED_PAIRS)
+        if not isinstance(limited, contextlib.nullcontext) and sampler.run(
+            source, max_items=pairs, budget_s=PROBE_BUDGET_S
+        ):
+            return _all_evaluated(request, sampler, source, False, key)
         exhausted = _sample(request, sampler, source, items)
     if exhausted:
         return _all_evaluated(request, sampler, source, False, key)
-    serial_item_s = _probe_s(sampler) if not isinstance(limited, contextlib.nullcontext) else None
-    return _decide_and_save(request, sampler, source, key, tbucket, t_start, serial_item_s)
+    speedup = _thread_speedup(sampler, probed) if not isinstance(limited, contextlib.nullcontext) else 1.0
+    return _decide_and_save(request, sampler, source, key, tbucket, t_start, speedup)
+
+
+def _thread_speedup(sampler: Sampler, probed: int) -> float:
+    """How much faster the caller's own native thread pools ran the probed items than
+    a worker's one thread ran their neighbours (1 when too short to tell)."""
+    here, limited = sampler.times[:probed], sampler.times[probed : probed + LIMITED_PAIRS]
+    if not here or not limited:
+        return 1.0
+    caller = sorted(here)[len(here) // 2]
+    worker = sorted(limited)[len(limited) // 2]
+    if caller < THREAD_TIMING_MIN_S:
+        return 1.0
+    return min(max(1.0, worker / caller), float(native_threads()))
 
 
 def _skip_probe(request: Request, sampler: Sampler, source: Iterator[Any]) -> Planned | None:
@@ -379,13 +405,13 @@ def _decide_and_save(
     key: str,
     tbucket: int,
     t_start: float,
-    serial_item_s: float | None = None,
+    thread_speedup: float = 1.0,
 ) -> Planned:
     sample = sampler.summary(request.n_items)
     workload = Workload(
         n_items=request.n_items,
         item_s=sample.mean_s,
-        serial_item_s=serial_item_s,
+        serial_item_s=sample.mean_s / thread_speedup if thread_speedup > 1.0 else None,
         cv=sample.cv,
         cpu_fraction=sample.cpu_fraction,
         in_bytes=sample.in_bytes,
