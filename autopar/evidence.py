@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["MAX_RUNS", "MIN_RUNS", "Evidence", "Runs", "config_name", "parse_config"]
+__all__ = ["MAX_RUNS", "MIN_RUNS", "Evidence", "Runs", "config_name", "lower_median", "parse_config"]
 
 #: Runs kept per configuration (the oldest is dropped first).
 MAX_RUNS = 5

@@ -21,13 +21,15 @@ from typing import Any
 
 from .backends import ProcessBackend, SerialBackend
 from .backends.base import Sendable
+from .evidence import Evidence, lower_median
+from .learning import describe
 from .model import format_seconds
-from .plan import Plan
+from .plan import Plan, read_plan_record
 from .planner import Options, make_plan
 from .serialization import ShippedFunction, pickle_problem
 from .store import get_store
 from .system import default_start_method, usable_cpus
-from .workload import function_identity
+from .workload import function_identity, key_time_bucket
 
 __all__ = ["Explanation", "RunStats", "explain"]
 
@@ -158,6 +160,14 @@ class Explanation:
         lines += [f"decision: {choice}", f"why: {p.reason}"]
         for warning in p.warnings:
             lines.append(f"warning: {warning}")
+        stored = self.profile.get("stored")
+        if stored:
+            lines.append(f"stored plan (what calls run now): {stored['reason']}")
+            for config, runs in stored["evidence"].items():
+                lines.append(
+                    f"  {describe(config)}: {runs['runs']} real run(s), "
+                    f"{format_seconds(runs['wall_per_item_s'])} per item (lower median)"
+                )
         if self.runs:
             chosen_n = p.n_jobs if p.executor == "process" else 1
             run = self.runs.get(chosen_n)
@@ -253,6 +263,9 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
     profile = plan.profile or {}
     if not profile:  # every item was evaluated while measuring: nothing to weigh
         profile = {"sample": planned.sampler.summary().to_dict(), "costs": {}, "system": {}, "serial_s": 0.0}
+    stored = _stored_evidence(planned.key, options)
+    if stored is not None:
+        profile = {**profile, "stored": stored}
     report = Explanation(name, len(data), plan, profile)
     if run and send is not None and profile.get("candidates") is not None:
         best_chunk = {cand["n_jobs"]: cand["chunksize"] for cand in profile["candidates"]}
@@ -265,6 +278,24 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
         for n in sorted(counts):
             report.runs[n] = _timed_run(raw, send, data, n, best_chunk.get(n, max(1, len(data) // (4 * n))))
     return report
+
+
+def _stored_evidence(key: str, options: Options) -> dict[str, Any] | None:
+    """The plan stored under ``key`` (or a neighbouring time bucket's, as ``.map``
+    looks them up) and the real runs behind it, or None."""
+    prefix, bucket = key.rsplit(":t", 1)[0], key_time_bucket(key)
+    for near in (bucket, bucket - 1, bucket + 1):
+        text = get_store().get(f"{prefix}:t{near}")
+        record = read_plan_record(text, usable_cpus=usable_cpus(), max_workers=options.max_workers)
+        if record is not None:
+            break
+    else:
+        return None
+    evidence = Evidence.from_record(record.workload.get("evidence"))
+    runs = {
+        config: {"runs": r.count, "wall_per_item_s": lower_median(r.wall)} for config, r in evidence.runs.items()
+    }
+    return {"reason": record.reason, "learned": record.learned, "evidence": runs, "trials": evidence.trials}
 
 
 def _importable(func: Callable[[Any], Any]) -> bool:

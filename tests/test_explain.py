@@ -158,3 +158,18 @@ def test_decisions_and_cache_events_are_logged_at_debug(caplog: pytest.LogCaptur
     assert any("planned" in m for m in messages)
     assert any("plan cache hit" in m for m in messages)
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "autopar")
+
+
+@pytest.mark.timeout(120)
+def test_explain_says_what_real_runs_back_the_stored_plan() -> None:
+    from tests import workloads
+
+    items = list(range(300))
+    workloads.heavy_plain.map(items)
+    workloads.heavy_plain.map(items)
+    report = workloads.heavy_plain.explain(items)
+    text = str(report)
+    assert "stored plan (what calls run now)" in text
+    stored = report.profile["stored"]
+    assert sum(runs["runs"] for runs in stored["evidence"].values()) == 2, stored
+    assert "real run(s)" in text
