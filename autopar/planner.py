@@ -28,7 +28,7 @@ from warnings import warn
 from .costs import load_or_measure_costs
 from .errors import AutoparWarning
 from .hints import forget_hints, read_hint, write_hint
-from .model import STREAM_ASSUMED_ITEMS, Costs, Decision, Workload, choose_plan, prior_costs
+from .model import IO_BOUND_CPU_FRACTION, STREAM_ASSUMED_ITEMS, Costs, Decision, Workload, choose_plan, prior_costs
 from .plan import DEFAULT_TTL_S, Plan, plan_record, read_plan_record, serial_plan, stale_reason, stored_plan
 from .sampling import Sampler
 from .serialization import pickle_problem
@@ -73,8 +73,11 @@ HEAVY_ITEM_S = 0.01
 #: With native thread pools loaded, this many items after the probe are timed with
 #: one thread, as a worker runs them, to compare with the probe's (caller's) times...
 LIMITED_PAIRS = 4
-#: ...when the probed items take at least this long (shorter ones are timer noise).
+#: ...when the probed items take at least this long (shorter ones are timer noise),
+#: and believed only when the caller's threads were this much faster (two single
+#: items differ by tens of percent on a busy machine).
 THREAD_TIMING_MIN_S = 20e-6
+THREAD_SPEEDUP_MIN = 1.3
 #: A forked worker's own memory to begin with (page tables, first copied pages).
 FORK_WORKER_BYTES = 16 * 2**20
 
@@ -245,9 +248,10 @@ def _thread_speedup(sampler: Sampler, probed: int) -> float:
         return 1.0
     caller = sorted(here)[len(here) // 2]
     worker = sorted(limited)[len(limited) // 2]
-    if caller < THREAD_TIMING_MIN_S:
-        return 1.0
-    return min(max(1.0, worker / caller), float(native_threads()))
+    speedup = worker / caller if caller >= THREAD_TIMING_MIN_S else 1.0
+    if speedup < THREAD_SPEEDUP_MIN or sampler.cpu_fraction() < IO_BOUND_CPU_FRACTION:
+        return 1.0  # timer and scheduler noise, or waiting work: threads do not matter
+    return min(speedup, float(native_threads()))
 
 
 def _skip_probe(request: Request, sampler: Sampler, source: Iterator[Any]) -> Planned | None:

@@ -198,6 +198,11 @@ class Sampler:
         """Wall seconds spent evaluating items so far."""
         return self._wall
 
+    def cpu_fraction(self) -> float:
+        """CPU seconds per wall second so far, net of waiting for a CPU (see :class:`Sample`)."""
+        wall = self._wall - min(self._runnable, self._wall)
+        return 1.0 if wall <= 0 else max(0.0, self._cpu / wall)
+
     def median_s(self) -> float:
         """Median seconds per item so far (items are timed net of CPU waits)."""
         return sorted(self.times)[len(self.times) // 2] if self.times else 0.0
@@ -256,7 +261,8 @@ class Sampler:
     ) -> bool:
         func = self.func
         perf = time.perf_counter
-        cpu0 = time.process_time()
+        cpu0 = time.thread_time()  # this thread only: a pool's handler threads or a store opening in the
+        # background would make waiting work look CPU-bound (a native pool's caller thread computes too)
         runnable0 = read = runnable_seconds()
         net_of_wait = NET_OF_WAIT_S
         start = perf()
@@ -289,7 +295,7 @@ class Sampler:
             if t1 >= deadline:
                 break
         self._wall += perf() - start
-        self._cpu += time.process_time() - cpu0
+        self._cpu += time.thread_time() - cpu0
         self._runnable += runnable_seconds() - runnable0
         return exhausted
 
