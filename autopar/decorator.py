@@ -6,23 +6,42 @@ reference, so a decorated module-level function travels to workers under fork,
 forkserver and spawn. Constructing it has no side effects beyond remembering the
 function (weakly) for new pools: spawn re-imports the module in every worker, and
 the store opens only when a plan is first needed.
+
+``starmap`` and ``map(xs, ys)`` run the same path over argument tuples, and a
+decorated method binds as a function does (``obj.method.map``); what reaches the
+function, and whether it can take it, is :mod:`autopar.arguments`'s.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
+import reprlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
 
+from .arguments import (
+    Star,
+    Starred,
+    check_arguments,
+    check_decoratable,
+    check_star_item,
+    make_shipper,
+    names_of,
+    star_digest,
+    worker_count,
+    zip_items,
+    zip_length,
+)
 from .backends import check_backend
 from .plan import Plan
 from .planner import DEFAULT_TTL_S, Options, forget_hints, plan_prefix
 from .progress import make_progress
 from .run import Call, Target, as_sequence, iterate, length_hint
-from .serialization import Shipment
 from .shipping import Shipper
 from .state import StateToken, watch
 from .store import get_store
@@ -38,6 +57,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _VALID_START_METHODS = ("fork", "forkserver", "spawn")
+
+_repr = reprlib.Repr()
+_repr.maxother = 80
 
 
 class CacheInfo(NamedTuple):
@@ -72,7 +94,12 @@ def _check_timeout(timeout: float | None) -> None:
 
 
 class AutoParallel(Generic[P, R]):
-    """A function that still calls as itself, plus ``map``/``imap``/``plan``/``cache_info``."""
+    """A function that still calls as itself, plus ``map``/``starmap``/``imap``/``plan``/``cache_info``.
+
+    Decorating a method works as a method: ``obj.method`` is a bound ``AutoParallel``
+    whose ``map`` passes ``obj`` along (pickled with the function), keyed by the
+    method's qualified name; its counters are the method's.
+    """
 
     __wrapped__: Callable[P, R]
     __qualname__: str
@@ -89,9 +116,7 @@ class AutoParallel(Generic[P, R]):
         ttl: float = DEFAULT_TTL_S,
         backend: str = "process",
     ) -> None:
-        if not callable(func):
-            msg = f"auto_parallel needs a callable, got {type(func).__name__}"
-            raise TypeError(msg)
+        check_decoratable(func)
         _check_positive("max_workers", max_workers)
         _check_positive("chunksize", chunksize)
         if start_method is not None and start_method not in _VALID_START_METHODS:
@@ -101,7 +126,12 @@ class AutoParallel(Generic[P, R]):
         if not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
             msg = f"ttl must be a positive number of seconds, got {ttl!r}"
             raise ValueError(msg)
-        functools.update_wrapper(self, func)
+        # A function's own attributes are copied, as functools.wraps does; a callable
+        # instance's are not (they could shadow map or plan). Names come from the
+        # function, the one a partial wraps, or a callable instance's class.
+        updated = functools.WRAPPER_UPDATES if isinstance(func, types.FunctionType) else ()
+        functools.update_wrapper(self, func, updated=updated)
+        vars(self).update(names_of(func))
         # What workers call: the raw function, found on the wrapper they unpickle
         # (saves a Python-level call per item; see backends/_worker.load_function).
         self._autopar_raw = func
@@ -110,13 +140,21 @@ class AutoParallel(Generic[P, R]):
         )
         self._chunksize = chunksize
         self._backend = backend
+        #: The decorated function itself; for a bound method, the class's AutoParallel,
+        #: which keeps the counters and the signature checks already passed.
+        self._owner: AutoParallel[..., R] = self
+        self._attr_name = self.__name__
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
         self._learned = 0
+        self._fits: set[tuple[bool, int]] = set()
+        self._bound_template: dict[str, Any] | None = None  # what every bound copy shares
+        # Made when first needed: a bound method called directly needs none of them.
         self._identity: tuple[str, str] | None = None
-        self._shipper = Shipper(self, func, self._key)
-        self._calls: dict[tuple[str, str], Call] = {}
+        self._ship: Shipper | None = None
+        self._calls: dict[tuple[str, str, bool], Call] = {}
+        self._starred: Starred | None = None
         watch(self)
 
     # -- behaving like the function ------------------------------------------------------
@@ -132,12 +170,61 @@ class AutoParallel(Generic[P, R]):
         # would add ~0.15 us to every call of the decorated function.
         __call__ = property(operator.attrgetter("__wrapped__"))
 
-    def __reduce__(self) -> str:
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self._attr_name = name  # how a bound copy is found again on its instance
+        self._bound_template = None
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> AutoParallel[P, R]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> AutoParallel[..., R]: ...
+
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> AutoParallel[..., R]:
+        """On a class, this wrapper; on an instance, a bound one (as a function gives a method).
+
+        The wrapped callable decides, as it would undecorated: a builtin or a callable
+        instance stored on a class does not bind, and this wrapper is returned as is.
+        """
+        bind = getattr(type(self.__wrapped__), "__get__", None)
+        if instance is None or bind is None:
+            return self
+        template = self._bound_template
+        if template is None:
+            template = self._bound_template = {
+                "__module__": self.__module__,
+                "__name__": self.__name__,
+                "__qualname__": self.__qualname__,
+                "__doc__": self.__doc__,
+                "_options": self._options,
+                "_chunksize": self._chunksize,
+                "_backend": self._backend,
+                "_owner": self._owner,
+                "_attr_name": self._attr_name,
+                "_bound_template": None,
+                "_identity": None,
+                "_ship": None,
+                "_starred": None,
+            }
+        bound: AutoParallel[..., R] = object.__new__(type(self))
+        attrs = vars(bound)
+        attrs.update(template)  # one C call: a method called directly pays ~1 us for its binding
+        attrs["__wrapped__"] = attrs["_autopar_raw"] = bind(self.__wrapped__, instance, owner)
+        attrs["_instance"] = instance
+        attrs["_calls"] = {}
+        return bound
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        if self._owner is not self:  # bound: found again on its instance, which travels with it
+            return (getattr, (vars(self)["_instance"], self._attr_name))
         # Pickle by reference: workers look the wrapper up by its qualified name.
         return str(self.__qualname__)
 
     def __repr__(self) -> str:
-        return f"<auto_parallel {getattr(self, '__module__', '?')}.{getattr(self, '__qualname__', '?')}>"
+        name = f"{getattr(self, '__module__', '?')}.{getattr(self, '__qualname__', '?')}"
+        if "_instance" in vars(self):
+            return f"<bound auto_parallel {name} of {_repr.repr(vars(self)['_instance'])}>"
+        return f"<auto_parallel {name}>"
 
     # -- identity, state and counters ------------------------------------------------------
 
@@ -150,6 +237,17 @@ class AutoParallel(Generic[P, R]):
     def _key(self) -> str:
         return "{}:{}".format(*self._name_digest)
 
+    def _star_key(self) -> str:
+        name, digest = self._name_digest
+        return f"{name}:{star_digest(digest)}"
+
+    @property
+    def _shipper(self) -> Shipper:
+        shipper = self._ship
+        if shipper is None:
+            shipper = self._ship = make_shipper(self, self.__wrapped__, self._key)
+        return shipper
+
     def _autopar_state(self) -> tuple[str, StateToken, list[Any]]:
         """This function's key and the token of what it reads now (see :mod:`autopar.state`)."""
         return self._shipper.state()
@@ -157,72 +255,104 @@ class AutoParallel(Generic[P, R]):
     def _count(self, hit: bool | None) -> None:
         if hit is None:
             return
-        with self._lock:
+        owner = self._owner
+        with owner._lock:
             if hit:
-                self._hits += 1
+                owner._hits += 1
             else:
-                self._misses += 1
+                owner._misses += 1
 
     def _count_learned(self) -> None:
-        with self._lock:
-            self._learned += 1
+        owner = self._owner
+        with owner._lock:
+            owner._learned += 1
 
     def _start_method(self) -> str:
         return self._options.start_method or default_start_method()
 
-    def _shipment(self) -> Shipment:
-        """What to send workers for the caller's state now (:class:`~autopar.shipping.Shipper`)."""
-        return self._shipper.shipment(self._start_method())
+    def _star(self) -> Starred:
+        """The starred form, made on first use; the decorated function's is watched like it."""
+        starred = self._starred
+        if starred is None:
+            func = Star(self.__wrapped__)
+            starred = self._starred = Starred(func, make_shipper(Star(self), func, self._star_key))
+            if self._owner is self:
+                watch(starred)
+        return starred
 
-    def _ship_problem(self) -> str | None:
-        return self._shipper.problem(self._start_method())
-
-    def call(self, backend: str | None = None) -> Call:
+    def call(self, backend: str | None = None, *, star: bool = False) -> Call:
         """The values one call of this function runs with (``backend``, or the
         decorator's): what :mod:`autopar.run`, ``optimize`` and ``explain`` use.
+        With ``star``, each item is an argument tuple (``starmap``).
 
         Local backends' values never change for a given start method, so they are
         made once (a cache hit stays microseconds); a cluster's are asked each time.
         """
         method = self._start_method()
         name = self._backend if backend is None else backend
-        cached = self._calls.get((name, method))
+        cached = self._calls.get((name, method, star))
         if cached is not None:
             return cached
         digest_name, digest = self._name_digest
+        func: Callable[[Any], Any] = self.__wrapped__
+        shipper = self._shipper
+        if star:
+            starred = self._star()
+            func, shipper, digest = starred.__wrapped__, starred.shipper, star_digest(digest)
         made = Call(
-            func=self.__wrapped__,
+            func=func,
             name=digest_name,
             digest=digest,
             options=self._options,
             chunksize=self._chunksize,
             start_method=method,
             target=Target.named(name, method),
-            shipment=self._shipment,
-            ship_problem=self._ship_problem,
+            shipment=lambda: shipper.shipment(self._start_method()),
+            ship_problem=lambda: shipper.problem(self._start_method()),
             count=self._count,
             learned=self._count_learned,
         )
         if name != "dask":
-            self._calls[(name, method)] = made
+            self._calls[(name, method, star)] = made
         return made
+
+    def _check_fits(self, n_args: int) -> None:
+        """Refuse, before any item runs, a function that cannot take ``n_args`` arguments."""
+        shape = (self._owner is not self, n_args)
+        fits = self._owner._fits
+        if shape not in fits:
+            check_arguments(self.__wrapped__, n_args, self.__name__)
+            fits.add(shape)
+
+    def _check_first(self, item: object) -> None:
+        """Refuse a ``starmap`` whose first argument tuple does not fit the function."""
+        if isinstance(item, (tuple, list)) and (self._owner is not self, len(item)) in self._owner._fits:
+            return
+        n_args = check_star_item(self.__wrapped__, item, self.__name__)
+        if n_args is not None:
+            self._owner._fits.add((self._owner is not self, n_args))
 
     # -- the public methods -------------------------------------------------------------------
 
     def map(
         self,
         iterable: Iterable[Any],
-        *,
+        *iterables: Iterable[Any],
         n_jobs: int | None = None,
         chunksize: int | None = None,
         timeout: float | None = None,
         progress: bool = False,
         backend: str | None = None,
     ) -> list[R]:
-        """``list(map(f, iterable))``, in parallel when the plan says it pays.
+        """``list(map(f, iterable, *iterables))``, in parallel when the plan says it pays.
+
+        With several iterables, each call takes one argument from each, and the
+        shortest ends the map (the builtin ``map``'s meaning). A function that cannot
+        take one item per call is refused before any item runs, naming the fix.
 
         Explicit ``n_jobs``/``chunksize`` override the plan; with both given (or
-        ``n_jobs=1``) no planning happens at all. Each item is evaluated exactly
+        ``n_jobs=1``) no planning happens at all. ``n_jobs=-1`` is every usable CPU,
+        ``-2`` all but one (joblib's meaning). Each item is evaluated exactly
         once: items timed while planning keep their results.
 
         With ``timeout`` (seconds for the whole call), every item runs in worker
@@ -234,22 +364,61 @@ class AutoParallel(Generic[P, R]):
         ``backend`` (``"process"``, ``"dask"``, ``"serial"``) overrides the
         decorator's; ``"dask"`` runs chunks on the active ``distributed.Client``.
         """
-        _check_positive("n_jobs", n_jobs)
+        jobs = worker_count(n_jobs)
+        _check_positive("chunksize", chunksize)
+        _check_timeout(timeout)
+        self._check_fits(1 + len(iterables))
+        if iterables:
+            items = as_sequence(zip_items((iterable, *iterables)))
+            return self._map(self.call(backend, star=True), items, jobs, chunksize, timeout, progress)
+        items = as_sequence(iterable)
+        return self._map(self.call(backend), items, jobs, chunksize, timeout, progress)
+
+    def starmap(
+        self,
+        iterable: Iterable[Iterable[Any]],
+        *,
+        n_jobs: int | None = None,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        progress: bool = False,
+        backend: str | None = None,
+    ) -> list[R]:
+        """``[f(*args) for args in iterable]`` (``Pool.starmap``'s meaning), planned as ``map``.
+
+        Each item is one call's argument tuple. The first is checked against the
+        function's signature before any item runs. Options as for :meth:`map`.
+
+        >>> @auto_parallel
+        ... def add(a, b):
+        ...     return a + b
+        >>> add.starmap([(1, 2), (3, 4)])
+        [3, 7]
+        >>> add.map([1, 3], [2, 4, 6])
+        [3, 7]
+        """
+        jobs = worker_count(n_jobs)
         _check_positive("chunksize", chunksize)
         _check_timeout(timeout)
         items = as_sequence(iterable)
-        call = self.call(backend)
-        bar = make_progress(len(items), self.__name__) if progress else None
+        if len(items) > 0:
+            self._check_first(items[0])
+        return self._map(self.call(backend, star=True), items, jobs, chunksize, timeout, progress)
+
+    def _map(
+        self, call: Call, items: Sequence[Any], n_jobs: int | None, size: int | None, timeout: float | None, bar: bool
+    ) -> list[R]:
+        progress = make_progress(len(items), self.__name__) if bar else None
         try:
-            return call.map(items, n_jobs, chunksize, timeout, bar.update if bar is not None else None)
+            return call.map(items, n_jobs, size, timeout, progress.update if progress is not None else None)
         finally:
-            if bar is not None:
-                bar.close()
+            if progress is not None:
+                progress.close()
 
     def imap(
         self,
         iterable: Iterable[Any],
-        *,
+        *iterables: Iterable[Any],
         ordered: bool = True,
         n_jobs: int | None = None,
         chunksize: int | None = None,
@@ -259,18 +428,72 @@ class AutoParallel(Generic[P, R]):
         """Stream results for large or endless inputs, planned the same way as ``map``.
 
         The input is read only a few chunks ahead of the workers. With
-        ``ordered=False`` results come as soon as they are ready.
+        ``ordered=False`` results come as soon as they are ready. Several iterables
+        are zipped, as for :meth:`map`.
         """
-        _check_positive("n_jobs", n_jobs)
+        jobs = worker_count(n_jobs)
         _check_positive("chunksize", chunksize)
+        self._check_fits(1 + len(iterables))
+        if iterables:
+            every = (iterable, *iterables)
+            call = self.call(backend, star=True)
+            return self._stream(call, zip_items(every), zip_length(every), ordered, jobs, chunksize, progress)
         call = self.call(backend)
-        source = iterate(iterable)
-        n_items = length_hint(iterable)
-        if not progress:
-            return call.imap(source, n_items, ordered, n_jobs, chunksize, None)
-        return self._imap_with_bar(call, source, n_items, ordered, n_jobs, chunksize)
+        return self._stream(call, iterate(iterable), length_hint(iterable), ordered, jobs, chunksize, progress)
 
-    def _imap_with_bar(
+    def istarmap(
+        self,
+        iterable: Iterable[Iterable[Any]],
+        *,
+        ordered: bool = True,
+        n_jobs: int | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+        backend: str | None = None,
+    ) -> Iterator[R]:
+        """``f(*args)`` for each argument tuple, streamed as :meth:`imap` streams.
+
+        The first tuple is checked against the function's signature when the first
+        result is asked for, before any worker starts.
+        """
+        jobs = worker_count(n_jobs)
+        _check_positive("chunksize", chunksize)
+        call = self.call(backend, star=True)
+        source = iterate(iterable)
+        return self._checked_stream(call, source, length_hint(iterable), ordered, jobs, chunksize, progress)
+
+    def _checked_stream(
+        self,
+        call: Call,
+        source: Iterator[Any],
+        n_items: int | None,
+        ordered: bool,
+        n_jobs: int | None,
+        size: int | None,
+        bar: bool,
+    ) -> Iterator[R]:
+        """The stream, once the first item passed :meth:`_check_first`: read when the
+        first result is asked for, before anything starts (a pool opens before it reads)."""
+        for first in source:
+            self._check_first(first)
+            yield from self._stream(call, itertools.chain((first,), source), n_items, ordered, n_jobs, size, bar)
+            break
+
+    def _stream(
+        self,
+        call: Call,
+        source: Iterator[Any],
+        n_items: int | None,
+        ordered: bool,
+        n_jobs: int | None,
+        size: int | None,
+        bar: bool,
+    ) -> Iterator[R]:
+        if not bar:
+            return call.imap(source, n_items, ordered, n_jobs, size, None)
+        return self._stream_with_bar(call, source, n_items, ordered, n_jobs, size)
+
+    def _stream_with_bar(
         self,
         call: Call,
         source: Iterator[Any],
@@ -285,14 +508,18 @@ class AutoParallel(Generic[P, R]):
         finally:
             bar.close()
 
-    def plan(self, iterable: Iterable[Any], *, backend: str | None = None) -> Plan:
-        """What ``map(iterable)`` would do, without running the whole map.
+    def plan(self, iterable: Iterable[Any], *iterables: Iterable[Any], backend: str | None = None) -> Plan:
+        """What ``map(iterable, *iterables)`` would do, without running the whole map.
 
         A few items are evaluated to measure them (their results are discarded
-        here); ``Plan.data`` holds every input item.
+        here); ``Plan.data`` holds every input item (argument tuples, with several
+        iterables).
         """
-        items = as_sequence(iterable)
-        return self.call(backend).plan_only(items)
+        self._check_fits(1 + len(iterables))
+        if iterables:
+            items = as_sequence(zip_items((iterable, *iterables)))
+            return self.call(backend, star=True).plan_only(items)
+        return self.call(backend).plan_only(as_sequence(iterable))
 
     def explain(self, iterable: Iterable[Any], *, run: bool = False) -> Explanation:
         """A readable report of what ``map`` would decide and why (measured afresh).
@@ -317,20 +544,23 @@ class AutoParallel(Generic[P, R]):
         }
 
     def cache_info(self) -> CacheInfo:
-        """Hits and misses of this function's plan lookups here, and plans on disk."""
+        """Hits and misses of this function's plan lookups here, and plans on disk
+        (its ``starmap`` plans and, for a method, its bound plans included)."""
         name = self._name_digest[0]
         currsize = get_store().count(name, plan_prefix(name))  # the tag index: no scan of the store
-        with self._lock:
-            return CacheInfo(self._hits, self._misses, None, currsize, self._learned)
+        owner = self._owner
+        with owner._lock:
+            return CacheInfo(owner._hits, owner._misses, None, currsize, owner._learned)
 
     def cache_clear(self) -> None:
         """Remove this function's stored plans and hints, and reset its counters."""
         get_store().forget(self._name_digest[0])
         forget_hints()
-        with self._lock:
-            self._hits = 0
-            self._misses = 0
-            self._learned = 0
+        owner = self._owner
+        with owner._lock:
+            owner._hits = 0
+            owner._misses = 0
+            owner._learned = 0
 
 
 @overload

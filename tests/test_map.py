@@ -141,7 +141,7 @@ def test_not_iterable_input_is_a_clear_error() -> None:
         workloads.add_one.imap(3.5)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+@pytest.mark.parametrize("bad", [0, 2.5, True])
 def test_bad_n_jobs_is_rejected(bad: object) -> None:
     with pytest.raises(ValueError, match="n_jobs"):
         workloads.add_one.map(range(3), n_jobs=bad)  # type: ignore[arg-type]
