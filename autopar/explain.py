@@ -26,7 +26,7 @@ from .learning import describe
 from .model import format_seconds
 from .plan import Plan, read_plan_record
 from .planner import Options, make_plan
-from .serialization import ShippedFunction, pickle_problem
+from .serialization import Shipment, ShippedFunction, pickle_problem
 from .store import get_store
 from .system import default_start_method, usable_cpus
 from .workload import function_identity, key_time_bucket
@@ -133,6 +133,8 @@ class Explanation:
             f"(median {format_seconds(s['median_s'])}, spread cv {cv}), CPU {100 * s['cpu_fraction']:.0f} % of wall",
             f"transfer per item: {_fmt_b(s['in_bytes'])} in, {_fmt_b(s['out_bytes'])} out; "
             f"pickling {format_seconds(s['pickle_s'])}",
+            f"the function itself: {_fmt_b(self.profile.get('chunk_bytes', 0.0))} with every chunk, "
+            f"{_fmt_b(self.profile.get('worker_load_bytes', 0.0))} read once by each worker",
             f"machine costs ({method}, {'measured' if c['measured'] else 'built-in priors'}): worker start "
             f"{format_seconds(c['worker_start_s'])}, chunk round trip {format_seconds(c['chunk_s'])}, "
             f"{c['byte_s'] * 1e9:.2f} ns per byte",
@@ -256,9 +258,11 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
             send = ShippedFunction(func)
     name, digest = function_identity(raw)
     measure = ProcessBackend(options.start_method or default_start_method()).measure_costs
+    shipped = send if isinstance(send, Shipment) else None
     planned = make_plan(
-        raw, name, digest, iter(data), len(data), options, get_store(), profile=True, measure=measure, items=data
-    )
+        raw, name, digest, iter(data), len(data), options, get_store(), profile=True, measure=measure, items=data,
+        ship_bytes=None if shipped is None else (lambda: (shipped.chunk_bytes, shipped.once_bytes)),
+    )  # fmt: skip
     plan = planned.plan
     profile = plan.profile or {}
     if not profile:  # every item was evaluated while measuring: nothing to weigh

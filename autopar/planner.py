@@ -133,8 +133,8 @@ class Request:
     warm: Callable[[], int] = lambda: 0
     """Workers of a pool already running for this call's backend, asked when deciding
     (measuring the costs may have just started one)."""
-    ship_bytes: Callable[[], int] | None = None
-    """The function's pickled size when it travels with every chunk (else 0)."""
+    ship_bytes: Callable[[], tuple[int, int]] | None = None
+    """The function's pickled bytes sent with every chunk, and read once per worker."""
 
     @property
     def parallel(self) -> str:
@@ -191,7 +191,7 @@ def make_plan(
     measure: Callable[[], Costs] | None = None,
     items: Sequence[Any] | None = None,
     warm: Callable[[], int] | None = None,
-    ship_bytes: Callable[[], int] | None = None,
+    ship_bytes: Callable[[], tuple[int, int]] | None = None,
 ) -> Planned:
     """Probe, look up, and on a miss sample, decide and save. See the module doc.
 
@@ -429,7 +429,7 @@ def _decide_and_save(
     planning_s = time.perf_counter() - t_start
     logger.debug("autopar: planned %s in %.1f ms: %s", key, planning_s * 1e3, plan.reason)
     if decision.candidates:
-        workload = replace(workload, chunk_bytes=_chunk_bytes(request, workload))
+        workload = _with_function_bytes(request, workload)
     stored = workload.to_record(tbucket, size_bucket(request.n_items))
     if request.cached:
         heavy = plan.executor == request.parallel and workload.item_s >= HEAVY_ITEM_S and request.n_items is not None
@@ -446,6 +446,8 @@ def _decide_and_save(
             "candidates": [asdict(c) for c in decision.candidates],
             "considered": [asdict(c) for c in decision.considered],
             "estimated_speedup": decision.estimated_speedup,
+            "chunk_bytes": workload.chunk_bytes,
+            "worker_load_bytes": workload.worker_load_bytes,
             "system": asdict(request.system),
         }
         plan = replace(plan, profile=details)
@@ -501,20 +503,21 @@ def decide(request: Request, workload: Workload) -> tuple[Decision, dict[str, An
     if not clearly_serial and decision.candidates:
         if request.measure is not None:
             costs = load_or_measure_costs(request.store, system, request.measure)
-        workload = replace(workload, chunk_bytes=_chunk_bytes(request, workload))
+        workload = _with_function_bytes(request, workload)
         warm = request.warm()  # measuring may have left its pool running for this call
         decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory, warm=warm)
     return decision, asdict(costs)
 
 
-def _chunk_bytes(request: Request, workload: Workload) -> float:
-    """The function's pickled size, asked only when parallel is in question."""
-    if workload.chunk_bytes or request.ship_bytes is None:
-        return workload.chunk_bytes
+def _with_function_bytes(request: Request, workload: Workload) -> Workload:
+    """The function's pickled sizes, asked only when parallel is in question."""
+    if workload.chunk_bytes or workload.worker_load_bytes or request.ship_bytes is None:
+        return workload
     try:
-        return float(request.ship_bytes())
+        per_chunk, once = request.ship_bytes()
     except Exception:  # noqa: BLE001 - a function that cannot be pickled is reported elsewhere
-        return 0.0
+        return workload
+    return replace(workload, chunk_bytes=float(per_chunk), worker_load_bytes=float(once))
 
 
 def worker_bytes(start_method: str) -> float:

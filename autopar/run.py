@@ -199,9 +199,10 @@ class Call:
         self.count(planned.hit)
         return planned
 
-    def _ship_bytes(self) -> int:
-        """Bytes of the function that travel with every chunk."""
-        return len(self.shipment().blob)
+    def _ship_bytes(self) -> tuple[int, int]:
+        """Bytes of the function sent with every chunk, and read once by each worker."""
+        shipment = self.shipment()
+        return shipment.chunk_bytes, shipment.once_bytes
 
     def sendable(self) -> Callable[[Any], Any] | Shipment:
         """What the backend runs: the function itself here, its shipment elsewhere."""

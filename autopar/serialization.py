@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .depot import INLINE_MAX, Deposit, deposit, digest_of, pickle_out_of_band
+
 __all__ = ["Shipment", "ShippedFunction", "dumps", "pickle_problem"]
 
 _shipped: dict[str, Callable[[Any], Any]] = {}
@@ -91,6 +93,23 @@ class Shipment:
     key: str | None = None
     token: tuple[Any, ...] = ()
     keep: list[Any] = field(default_factory=list, compare=False, repr=False)
+    deposit: Deposit | None = None
+    """Where a large function lies (:mod:`autopar.depot`): chunks carry this, not ``blob``."""
+
+    @property
+    def payload(self) -> bytes | Deposit:
+        """What each chunk carries: the pickle itself, or where it was deposited."""
+        return self.deposit if self.deposit is not None else self.blob
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes of the function sent with every chunk."""
+        return 256 if self.deposit is not None else len(self.blob)
+
+    @property
+    def once_bytes(self) -> int:
+        """Bytes of the function each worker reads once (a deposit), else 0."""
+        return self.deposit.size if self.deposit is not None else 0
 
     @classmethod
     def of(
@@ -101,7 +120,34 @@ class Shipment:
         token: tuple[Any, ...] = (),
         keep: list[Any] | None = None,
     ) -> Shipment:
-        """Pickle ``func`` once for this call (pickle by reference, else cloudpickle)."""
+        """Pickle ``func`` once for this call (pickle by reference, else cloudpickle).
+
+        Past :data:`~autopar.depot.INLINE_MAX`, or with large out-of-band buffers
+        (numpy constants), it is deposited once instead of riding every chunk.
+        """
+        keep = keep if keep is not None else []
         blob = dumps(func)
-        digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
-        return cls(func, blob, digest, key, token, keep if keep is not None else [])
+        if len(blob) <= INLINE_MAX:
+            digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+            return cls(func, blob, digest, key, token, keep)
+        if isinstance(func, ShippedFunction):  # by value, as it was chosen to travel
+            data, buffers = pickle_out_of_band(func.func, _cloudpickle5)
+        else:
+            data, buffers = pickle_out_of_band(func, _dumps5)
+        shipment = cls(func, b"", digest_of(data, buffers), key, token, keep)
+        object.__setattr__(shipment, "deposit", deposit(data, buffers, shipment))
+        return shipment
+
+
+def _cloudpickle5(obj: Any, *, protocol: int, buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> bytes:
+    import cloudpickle
+
+    return bytes(cloudpickle.dumps(obj, protocol=protocol, buffer_callback=buffer_callback))
+
+
+def _dumps5(obj: Any, *, protocol: int, buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> bytes:
+    """Pickle with protocol 5 and out-of-band buffers: by reference when possible."""
+    try:
+        return pickle.dumps(obj, protocol=protocol, buffer_callback=buffer_callback)
+    except Exception:  # noqa: BLE001 - lambdas, closures: by value
+        return _cloudpickle5(obj, protocol=protocol, buffer_callback=buffer_callback)

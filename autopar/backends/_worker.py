@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..depot import Deposit, load
 from ..errors import UnpicklableError
 from ..sampling import runnable_seconds
 from ..system import NATIVE_POOL_MODULES as _NATIVE
@@ -171,7 +172,7 @@ _functions: dict[str, Callable[[Any], Any]] = {}
 _FUNCTIONS_MAX = 64
 
 
-def load_function(digest: str, blob: bytes) -> Callable[[Any], Any]:
+def load_function(digest: str, blob: bytes | Deposit) -> Callable[[Any], Any]:
     """The function a chunk names, unpickled once per worker per version.
 
     Unpickled here rather than by Pool, whose worker dies on an exception while
@@ -181,7 +182,7 @@ def load_function(digest: str, blob: bytes) -> Callable[[Any], Any]:
     func = _functions.get(digest)
     if func is None:
         try:
-            loaded = pickle.loads(blob)
+            loaded = load(blob) if isinstance(blob, Deposit) else pickle.loads(blob)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, never fatal
             msg = f"the function cannot be loaded in the worker: {type(exc).__name__}: {exc}"
             raise UnpicklableError(msg) from None
@@ -195,7 +196,7 @@ def load_function(digest: str, blob: bytes) -> Callable[[Any], Any]:
 ChunkResult = tuple[int, "bytes | None", int, float, "bytes | None"]
 
 
-def run_chunk(digest: str, function: bytes, start: int, blob: bytes) -> ChunkResult:
+def run_chunk(digest: str, function: bytes | Deposit, start: int, blob: bytes) -> ChunkResult:
     """Evaluate one pickled chunk.
 
     Returns ``(start, pickled results, pid, busy seconds, None)``; the pid and busy
@@ -220,7 +221,7 @@ def _exit_if_orphaned() -> None:
         os._exit(70)
 
 
-def _run_chunk(digest: str, function: bytes, start: int, blob: bytes) -> ChunkResult:
+def _run_chunk(digest: str, function: bytes | Deposit, start: int, blob: bytes) -> ChunkResult:
     pid = os.getpid()
     if _cancel is not None and _cancel.value:
         return start, None, pid, 0.0, None

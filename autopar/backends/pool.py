@@ -173,7 +173,7 @@ class PoolRun:
         self.pending[start] = count
         self.pool.apply_async(
             run_chunk,
-            (shipment.digest, shipment.blob, start, blob),
+            (shipment.digest, shipment.payload, start, blob),
             callback=self._succeeded,
             error_callback=functools.partial(self._failed, start),
         )
