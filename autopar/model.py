@@ -130,6 +130,8 @@ class Workload:
     worker_load_bytes: float = 0.0
     """Pickled bytes each worker reads once before its first item: a large function
     deposited once (:mod:`autopar.depot`) instead of riding every chunk."""
+    worker_setup_s: float = 0.0
+    """Seconds each worker spends in the function's per-worker setup before its first item."""
     serial_item_s: float | None = None
     """Seconds per item in the caller's own loop, when it differs from a worker's
     (native thread pools: the caller's BLAS uses every core, a worker's one)."""
@@ -148,6 +150,7 @@ class Workload:
             "pickle_s": self.pickle_s,
             "chunk_bytes": self.chunk_bytes,
             "worker_load_bytes": self.worker_load_bytes,
+            "worker_setup_s": self.worker_setup_s,
             "serial_item_s": self.serial_item_s,
         }
 
@@ -172,6 +175,7 @@ class Workload:
             pickle_s=num("pickle_s", 0.0),
             chunk_bytes=num("chunk_bytes", 0.0),
             worker_load_bytes=num("worker_load_bytes", 0.0),
+            worker_setup_s=num("worker_setup_s", 0.0),
             serial_item_s=num("serial_item_s", -1.0) if num("serial_item_s", -1.0) > 0 else None,
         )
 
@@ -214,10 +218,16 @@ def _finite(value: float, default: float = 0.0) -> float:
     return value if math.isfinite(value) and value >= 0 else default
 
 
-def start_cost(costs: Costs, n_jobs: int, warm: int = 0, load_bytes: float = 0.0) -> float:
-    """Seconds to start ``n_jobs`` workers, each reading ``load_bytes`` of function
-    once: none when a pool of that size is warm (it has them already)."""
-    return 0.0 if warm == n_jobs else n_jobs * (costs.worker_start_s + _finite(load_bytes) * costs.byte_s)
+def start_cost(costs: Costs, n_jobs: int, warm: int = 0, load_bytes: float = 0.0, setup_s: float = 0.0) -> float:
+    """Seconds to start ``n_jobs`` workers, each reading ``load_bytes`` of function and
+    running ``setup_s`` of setup once: none when a pool of that size is warm."""
+    if warm == n_jobs:
+        return 0.0
+    return n_jobs * (costs.worker_start_s + _finite(load_bytes) * costs.byte_s + _finite(setup_s))
+
+
+def _start(w: Workload, costs: Costs, n_jobs: int, warm: int) -> float:
+    return start_cost(costs, n_jobs, warm, w.worker_load_bytes, w.worker_setup_s)
 
 
 def predict_parallel(w: Workload, costs: Costs, n_jobs: int, chunksize: int, cores: int, warm: int = 0) -> float:
@@ -225,7 +235,7 @@ def predict_parallel(w: Workload, costs: Costs, n_jobs: int, chunksize: int, cor
     (``warm``: the size of a pool already running, whose start costs nothing)."""
     n_items = w.n_items if w.n_items is not None else STREAM_ASSUMED_ITEMS
     if n_items <= 0:
-        return start_cost(costs, n_jobs, warm, w.worker_load_bytes)
+        return _start(w, costs, n_jobs, warm)
     t = _finite(w.item_s)
     cv = PRIOR_CV if w.cv is None else _finite(w.cv)
     transfer = (_finite(w.in_bytes) + _finite(w.out_bytes)) * costs.byte_s
@@ -252,7 +262,7 @@ def predict_parallel(w: Workload, costs: Costs, n_jobs: int, chunksize: int, cor
     # parent waits while a payload goes there and back), so transfer counts once.
     cpu_total = n_items * (t * cpu_fraction + 2 * half_pickle + transfer) + 2 * n_chunks * chunk_s
     run = max(busiest, parent_busy, cpu_total / max(1, cores))
-    return start_cost(costs, n_jobs, warm, w.worker_load_bytes) + run
+    return _start(w, costs, n_jobs, warm) + run
 
 
 def _chunk_candidates(n_items: int | None, n_jobs: int, item_s: float) -> Iterator[int]:
@@ -399,7 +409,7 @@ def choose_plan(
     candidates = tuple(best_per_n)
     speedup = serial_s / choice.predicted_s if choice.predicted_s > 0 else 0.0
     if speedup < MIN_SPEEDUP:
-        start = start_cost(costs, choice.n_jobs, warm, w.worker_load_bytes)
+        start = _start(w, costs, choice.n_jobs, warm)
         return serial(
             f"serial: {effective_n} items x {format_seconds(t)} = {format_seconds(serial_s)} of work; "
             f"the best parallel plan ({choice.n_jobs} workers, {format_seconds(start)} to start them) "

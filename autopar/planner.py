@@ -34,6 +34,7 @@ from .sampling import Sampler
 from .serialization import pickle_problem
 from .store import PlanStore
 from .system import NATIVE_POOL_MODULES, THREAD_VARS, SystemInfo, current_system
+from .worker_setup import WithSetup
 from .workload import hint_key, key_time_bucket, plan_key, plan_prefix, size_bucket, time_bucket
 
 __all__ = [
@@ -135,6 +136,8 @@ class Request:
     (measuring the costs may have just started one)."""
     ship_bytes: Callable[[], tuple[int, int]] | None = None
     """The function's pickled bytes sent with every chunk, and read once per worker."""
+    setup_s: float = 0.0
+    """Seconds the function's per-worker setup took here (0: none, or it had run)."""
 
     @property
     def parallel(self) -> str:
@@ -213,6 +216,10 @@ def make_plan(
         warm or (lambda: 0), ship_bytes,
     )  # fmt: skip
     sampler = Sampler(func)
+    # Per-worker setup runs here before any item is timed: it is not an item's cost.
+    setup_s = func.prepare() if isinstance(func, WithSetup) else 0.0
+    if setup_s:
+        request = replace(request, setup_s=setup_s)
     skipped = _skip_probe(request, sampler, source)
     if skipped is not None:
         return skipped
@@ -415,6 +422,7 @@ def _decide_and_save(
     workload = Workload(
         n_items=request.n_items,
         item_s=sample.mean_s,
+        worker_setup_s=request.setup_s,
         serial_item_s=sample.mean_s / thread_speedup if thread_speedup > 1.0 else None,
         cv=sample.cv,
         cpu_fraction=sample.cpu_fraction,

@@ -27,6 +27,7 @@ from .sampling import runnable_seconds
 from .serialization import Shipment
 from .store import get_store
 from .system import in_worker, usable_cpus
+from .worker_setup import WithSetup
 
 __all__ = ["IN_WORKER", "Call", "Execution", "RunRecord", "Target", "as_sequence", "iterate", "resolve"]
 
@@ -199,6 +200,11 @@ class Call:
         self.count(planned.hit)
         return planned
 
+    def _begin(self) -> None:
+        """A new call: per-worker setup runs again here (what it reads may have changed)."""
+        if isinstance(self.func, WithSetup) and not in_worker():
+            self.func.forget()
+
     def _ship_bytes(self) -> tuple[int, int]:
         """Bytes of the function sent with every chunk, and read once by each worker."""
         shipment = self.shipment()
@@ -214,6 +220,7 @@ class Call:
         self, items: Sequence[Any], n_jobs: int | None, chunksize: int | None, timeout: float | None, tick: Any
     ) -> list[Any]:
         """``[func(x) for x in items]`` as planned, overridden, or under a timeout."""
+        self._begin()
         if len(items) == 0 or self.here() or (n_jobs == 1 and timeout is None):
             # An item here cannot be interrupted: a timeout is checked between items
             # (n_jobs=1 with a timeout gets one worker process, below).
@@ -323,6 +330,7 @@ class Call:
         tick: Any,
     ) -> Iterator[Any]:
         """Results as they come (``ordered``: in input order), planned as ``map`` is."""
+        self._begin()
         if self.here() or n_jobs == 1:
             yield from SerialBackend().imap(
                 self.func, source, offset=0, n_jobs=1, chunksize=1, ordered=True, progress=tick

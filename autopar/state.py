@@ -261,6 +261,9 @@ def simple_globals(func: Callable[..., Any]) -> dict[str, dict[str, Any]]:
     while stack:
         target, depth = stack.pop()
         while isinstance(target, functools.partial):
+            # Functions among a partial's arguments (a per-worker setup, a callback)
+            # read globals too.
+            stack.extend((arg, depth + 1) for arg in (*target.args, *target.keywords.values()) if callable(arg))
             target = target.func
         target = getattr(target, "_autopar_raw", target)
         if isinstance(target, types.MethodType):

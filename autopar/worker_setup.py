@@ -1,0 +1,100 @@
+"""Per-worker setup: a model loaded, a connection opened, once per worker process.
+
+``@auto_parallel(setup=load_model)`` on ``def predict(model, item)`` runs
+``load_model()`` once in each worker and hands its result to every call there:
+:class:`WithSetup` is what the workers (and the caller's own loop) call. In the
+caller, setup runs once per call that evaluates items here (sampling, a serial
+plan), so a changed global is seen by the next call, as everywhere in autopar; in a
+worker, once for as long as the worker serves the same state (a warm pool whose
+caller's state changed is replaced, see :mod:`autopar.state`).
+
+A setup that raises fails the items of that worker with its exception, named as
+the setup's: never the endless respawning of a ``Pool`` initializer that raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .notes import add_note
+from .system import on_fork_in_child
+
+__all__ = ["WithSetup", "setup_name"]
+
+_lock = threading.RLock()
+#: Per process: setup's result (or its exception) by the setup callable's id, with
+#: the callable kept so the id is never reused while its value is.
+_values: dict[int, tuple[Callable[[], Any], bool, Any]] = {}
+
+
+def setup_name(setup: Callable[[], Any]) -> str:
+    """``module.qualname`` of a setup callable, for messages."""
+    return f"{getattr(setup, '__module__', '?')}.{getattr(setup, '__qualname__', type(setup).__qualname__)}"
+
+
+class WithSetup(functools.partial):  # type: ignore[type-arg]
+    """``func(setup(), item)``, with ``setup()`` run once per process (see the module doc).
+
+    A ``functools.partial`` holding ``setup`` as its argument, so :mod:`autopar.state`
+    follows what both read, and a pickle carries both as they would travel alone.
+    """
+
+    func: Callable[..., Any]
+
+    def __new__(cls, setup: Callable[[], Any], func: Callable[..., Any]) -> WithSetup:
+        self = super().__new__(cls, func, setup)
+        self.__module__ = getattr(func, "__module__", None) or cls.__module__
+        return self
+
+    @property
+    def setup(self) -> Callable[[], Any]:
+        setup: Callable[[], Any] = self.args[0]
+        return setup
+
+    def __call__(self, item: Any, /) -> Any:
+        entry = _values.get(id(self.setup))
+        if entry is None:
+            self.prepare()
+            entry = _values[id(self.setup)]
+        _, ok, value = entry
+        if not ok:
+            raise value
+        return self.func(value, item)
+
+    def prepare(self) -> float:
+        """Run setup here unless it already ran; the seconds it took (0 when it had)."""
+        setup = self.setup
+        with _lock:
+            if id(setup) in _values:
+                return 0.0
+            began = time.perf_counter()
+            try:
+                _values[id(setup)] = (setup, True, setup())
+            except Exception as exc:  # noqa: BLE001 - kept, and raised for every item of this process
+                add_note(exc, f"autopar: raised by the setup function {setup_name(setup)}, run once per worker")
+                _values[id(setup)] = (setup, False, exc)
+            return time.perf_counter() - began
+
+    def forget(self) -> None:
+        """Drop this process's result of setup: the caller runs it again at its next call."""
+        with _lock:
+            _values.pop(id(self.setup), None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.setup, self.func))
+
+    def __repr__(self) -> str:
+        return f"WithSetup({self.setup!r}, {self.func!r})"
+
+
+def _forget_in_child() -> None:
+    """A forked process runs setup itself: a connection or a file handle shared with
+    its parent would be used by two processes at once."""
+    _values.clear()
+
+
+on_fork_in_child(_forget_in_child)

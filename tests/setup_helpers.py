@@ -1,0 +1,42 @@
+"""Module-level setups and functions for the per-worker setup tests (spawn imports them)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tests.workloads import spin
+
+#: How many times setup ran in this process.
+RUNS = 0
+#: Read by :func:`scaled_setup`: a test changes it between calls.
+SCALE = 3
+
+
+def load_model() -> dict[str, Any]:
+    """A "model": which process loaded it, and how many loads this process has done."""
+    global RUNS
+    RUNS += 1
+    return {"pid": os.getpid(), "runs": RUNS, "weight": 3}
+
+
+def predict(model: dict[str, Any], x: int) -> tuple[int, int, int, int]:
+    """x times the model's weight; the loader's pid and load count, and this pid."""
+    spin(0.001)
+    return x * model["weight"], model["pid"], model["runs"], os.getpid()
+
+
+def scaled_setup() -> int:
+    return SCALE
+
+
+def scale(factor: int, x: int) -> int:
+    return factor * x
+
+
+def broken_setup() -> None:
+    raise RuntimeError("model file not found")
+
+
+def use(model: object, x: int) -> int:
+    return x
