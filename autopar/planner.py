@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -71,9 +72,9 @@ CLEARLY_SERIAL = 0.5
 #: on two workers costs a third of a six-item run). A hint row remembers the time
 #: bucket, and real runs check it (see :func:`learn`).
 HEAVY_ITEM_S = 0.01
-#: With native thread pools loaded, this many items after the probe are timed with
-#: one thread, as a worker runs them, to compare with the probe's (caller's) times...
-LIMITED_PAIRS = 4
+#: With native thread pools loaded, this many pairs of items after the probe are
+#: timed alternately with one thread (as a worker runs them) and the caller's own...
+LIMITED_PAIRS = 3
 #: ...when the probed items take at least this long (shorter ones are timer noise),
 #: and believed only when the caller's threads were this much faster (two single
 #: items differ by tens of percent on a busy machine).
@@ -231,32 +232,50 @@ def make_plan(
     if found is not None:
         return found
     limited = _as_workers_run(request)
-    probed = len(sampler.times)
-    with limited:
-        # Neighbours of the probed items, timed as a worker runs them: the two
-        # compare like with like, whatever the cost does along the input.
-        pairs = min(probed, LIMITED_PAIRS)
-        if not isinstance(limited, contextlib.nullcontext) and sampler.run(
-            source, max_items=pairs, budget_s=PROBE_BUDGET_S
-        ):
+    speedup = 1.0
+    if not isinstance(limited, contextlib.nullcontext):
+        compared = _compare_threads(request, sampler, source)
+        if compared is None:
             return _all_evaluated(request, sampler, source, False, key)
+        speedup = compared
+    with limited:
         exhausted = _sample(request, sampler, source, items)
     if exhausted:
         return _all_evaluated(request, sampler, source, False, key)
-    speedup = _thread_speedup(sampler, probed) if not isinstance(limited, contextlib.nullcontext) else 1.0
     return _decide_and_save(request, sampler, source, key, tbucket, t_start, speedup)
 
 
-def _thread_speedup(sampler: Sampler, probed: int) -> float:
-    """How much faster the caller's own native thread pools ran the probed items than
-    a worker's one thread ran their neighbours (1 when too short to tell)."""
-    here, limited = sampler.times[:probed], sampler.times[probed : probed + LIMITED_PAIRS]
-    if not here or not limited:
+def _compare_threads(request: Request, sampler: Sampler, source: Iterator[Any]) -> float | None:
+    """How much faster the caller's native thread pools run the work than a worker's
+    one thread: the next items alternate between the two, so neighbours are compared
+    with neighbours whatever the cost does along the input. None when the input ran
+    out. Skipped (1.0) when even one pair would not fit in the sampling budget.
+    """
+    from threadpoolctl import threadpool_limits
+
+    probe_s = _probe_s(sampler)
+    n_items = request.n_items if request.n_items is not None else STREAM_ASSUMED_ITEMS
+    budget = min(SAMPLE_BUDGET_S, SAMPLE_SHARE * n_items * probe_s)
+    pairs = min(LIMITED_PAIRS, int(budget / (2 * probe_s))) if probe_s > 0 else LIMITED_PAIRS
+    first = len(sampler.times)
+    for index in range(2 * pairs):
+        context = threadpool_limits(limits=1) if index % 2 == 0 else contextlib.nullcontext()
+        with context:
+            if sampler.run(source, max_items=1, budget_s=0.0):
+                return None
+    alternated = sampler.times[first:]
+    return _thread_speedup(alternated[1::2], alternated[0::2], sampler.cpu_fraction())
+
+
+def _thread_speedup(caller_times: list[float], worker_times: list[float], cpu_fraction: float) -> float:
+    """The caller's threads' speedup over a worker's one thread, from alternated
+    neighbours; 1.0 when too short, too noisy to tell, or for waiting work."""
+    if not caller_times or not worker_times:
         return 1.0
-    caller = sorted(here)[len(here) // 2]
-    worker = sorted(limited)[len(limited) // 2]
+    caller = statistics.median(caller_times)
+    worker = statistics.median(worker_times)
     speedup = worker / caller if caller >= THREAD_TIMING_MIN_S else 1.0
-    if speedup < THREAD_SPEEDUP_MIN or sampler.cpu_fraction() < IO_BOUND_CPU_FRACTION:
+    if speedup < THREAD_SPEEDUP_MIN or cpu_fraction < IO_BOUND_CPU_FRACTION:
         return 1.0  # timer and scheduler noise, or waiting work: threads do not matter
     return min(speedup, float(native_threads()))
 

@@ -67,3 +67,13 @@ def test_the_sample_times_native_work_as_a_worker_runs_it() -> None:
     assert 1 in counts, "items sampled across the input ran as a worker would"
     assert counts.count(1) <= 64, "only the sample"
     assert numeric.blas_threads_here() == parent_threads, "the caller's own pools are restored"
+
+
+def test_a_thread_speedup_is_believed_only_for_clear_cpu_work() -> None:
+    from autopar.planner import _thread_speedup, native_threads
+
+    assert _thread_speedup([1e-3] * 3, [1.1e-3] * 3, 1.0) == 1.0, "within noise"
+    assert _thread_speedup([1e-3] * 3, [2e-3] * 3, 0.1) == 1.0, "waiting work: threads do not matter"
+    assert _thread_speedup([1e-6] * 3, [2e-6] * 3, 1.0) == 1.0, "too short to time"
+    assert _thread_speedup([1e-3] * 3, [2e-3] * 3, 1.0) == min(2.0, native_threads())
+    assert _thread_speedup([1e-3] * 3, [9e-3] * 3, 1.0) <= max(1.0, native_threads()), "never above the thread count"
