@@ -40,6 +40,7 @@ from .errors import (
     WorkerCrashedError,
 )
 from .explain import Explanation, explain
+from .on_error import RemoteError
 from .plan import Plan
 from .store import get_cache_dir
 
@@ -54,6 +55,7 @@ __all__ = [
     "NoClientError",
     "NotIterableError",
     "Plan",
+    "RemoteError",
     "RemoteTraceback",
     "TaskTimeoutError",
     "UnpicklableError",

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .errors import NotIterableError
+from .on_error import Guard
 from .shipping import Shipper
 from .state import StateToken, state_token
 from .system import usable_cpus
@@ -259,11 +260,12 @@ class HolderShipper(Shipper):
 
 
 class Starred:
-    """A decorated function's starred form, as :func:`autopar.state.watch` needs it:
-    ``__wrapped__`` is the :class:`Star` workers run, ``shipper`` makes its shipment
-    under the starred key, so a pool records what the starred form reads."""
+    """A decorated function's starred or guarded form, as :func:`autopar.state.watch`
+    needs it: ``__wrapped__`` is the :class:`Star` (or :class:`~autopar.on_error.Guard`)
+    workers run, ``shipper`` makes its shipment under the form's key, so a pool
+    records what that form reads."""
 
-    def __init__(self, func: Star, shipper: Shipper) -> None:
+    def __init__(self, func: Callable[[Any], Any], shipper: Shipper) -> None:
         self.__wrapped__ = func
         self.shipper = shipper
 
@@ -272,8 +274,12 @@ class Starred:
 
 
 def make_shipper(wrapper: Any, func: Callable[..., Any], key: Callable[[], str]) -> Shipper:
-    """The shipper for ``func``: one that also watches its holder's attributes when it has one."""
-    holder = holder_of(func.func if isinstance(func, Star) else func)
+    """The shipper for ``func`` (or its :class:`Star` or guarded form): one that also
+    watches its holder's attributes when it has one."""
+    target = func
+    while isinstance(target, (Star, Guard)):
+        target = target.func
+    holder = holder_of(target)
     if holder is None:
         return Shipper(wrapper, func, key)
     return HolderShipper(wrapper, func, key, holder)

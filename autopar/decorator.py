@@ -9,7 +9,9 @@ the store opens only when a plan is first needed.
 
 ``starmap`` and ``map(xs, ys)`` run the same path over argument tuples, and a
 decorated method binds as a function does (``obj.method.map``); what reaches the
-function, and whether it can take it, is :mod:`autopar.arguments`'s.
+function, and whether it can take it, is :mod:`autopar.arguments`'s. With
+``on_error="return"`` a guarded form runs instead, and exceptions take their items'
+places in the results (:mod:`autopar.on_error`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from .arguments import (
     zip_length,
 )
 from .backends import check_backend
+from .on_error import Guard, IndexedGuard, check_on_error, guard_digest, restore, restored
 from .plan import Plan
 from .planner import DEFAULT_TTL_S, Options, forget_hints, plan_prefix
 from .progress import make_progress
@@ -46,6 +49,7 @@ from .shipping import Shipper
 from .state import StateToken, watch
 from .store import get_store
 from .system import default_start_method
+from .worker_setup import WithSetup, setup_digest, setup_name
 from .workload import function_identity
 
 if TYPE_CHECKING:
@@ -115,8 +119,14 @@ class AutoParallel(Generic[P, R]):
         use_cache: bool = True,
         ttl: float = DEFAULT_TTL_S,
         backend: str = "process",
+        on_error: str = "raise",
+        setup: Callable[[], Any] | None = None,
     ) -> None:
         check_decoratable(func)
+        check_on_error(on_error)
+        if setup is not None and not callable(setup):
+            msg = f"setup must be a callable taking no arguments, got {type(setup).__name__}"
+            raise TypeError(msg)
         _check_positive("max_workers", max_workers)
         _check_positive("chunksize", chunksize)
         if start_method is not None and start_method not in _VALID_START_METHODS:
@@ -140,6 +150,9 @@ class AutoParallel(Generic[P, R]):
         )
         self._chunksize = chunksize
         self._backend = backend
+        self._on_error = on_error
+        #: Runs once per worker; its result is the function's first argument in maps.
+        self._setup = setup
         #: The decorated function itself; for a bound method, the class's AutoParallel,
         #: which keeps the counters and the signature checks already passed.
         self._owner: AutoParallel[..., R] = self
@@ -153,8 +166,8 @@ class AutoParallel(Generic[P, R]):
         # Made when first needed: a bound method called directly needs none of them.
         self._identity: tuple[str, str] | None = None
         self._ship: Shipper | None = None
-        self._calls: dict[tuple[str, str, bool], Call] = {}
-        self._starred: Starred | None = None
+        self._calls: dict[tuple[str, str, bool, bool, bool], Call] = {}
+        self._forms: dict[tuple[bool, bool, bool], Starred] = {}  # (star, guard, indexed): see _form
         watch(self)
 
     # -- behaving like the function ------------------------------------------------------
@@ -199,12 +212,13 @@ class AutoParallel(Generic[P, R]):
                 "_options": self._options,
                 "_chunksize": self._chunksize,
                 "_backend": self._backend,
+                "_on_error": self._on_error,
+                "_setup": self._setup,
                 "_owner": self._owner,
                 "_attr_name": self._attr_name,
                 "_bound_template": None,
                 "_identity": None,
                 "_ship": None,
-                "_starred": None,
             }
         bound: AutoParallel[..., R] = object.__new__(type(self))
         attrs = vars(bound)
@@ -212,6 +226,7 @@ class AutoParallel(Generic[P, R]):
         attrs["__wrapped__"] = attrs["_autopar_raw"] = bind(self.__wrapped__, instance, owner)
         attrs["_instance"] = instance
         attrs["_calls"] = {}
+        attrs["_forms"] = {}
         return bound
 
     def __reduce__(self) -> str | tuple[Any, ...]:
@@ -237,9 +252,20 @@ class AutoParallel(Generic[P, R]):
     def _key(self) -> str:
         return "{}:{}".format(*self._name_digest)
 
-    def _star_key(self) -> str:
-        name, digest = self._name_digest
-        return f"{name}:{star_digest(digest)}"
+    def _form_digest(self, star: bool, guard: bool, indexed: bool) -> str:
+        """The plan digest of a form: starred (``starmap``), guarded (``on_error="return"``), or both
+        (and with the per-worker setup, when there is one)."""
+        digest = self._name_digest[1]
+        if self._setup is not None:
+            digest = setup_digest(digest, self._setup)
+        if star:
+            digest = star_digest(digest)
+        if guard:
+            digest = guard_digest(digest, indexed=indexed)
+        return digest
+
+    def _form_key(self, star: bool, guard: bool, indexed: bool) -> str:
+        return f"{self._name_digest[0]}:{self._form_digest(star, guard, indexed)}"
 
     @property
     def _shipper(self) -> Shipper:
@@ -270,35 +296,53 @@ class AutoParallel(Generic[P, R]):
     def _start_method(self) -> str:
         return self._options.start_method or default_start_method()
 
-    def _star(self) -> Starred:
-        """The starred form, made on first use; the decorated function's is watched like it."""
-        starred = self._starred
-        if starred is None:
-            func = Star(self.__wrapped__)
-            starred = self._starred = Starred(func, make_shipper(Star(self), func, self._star_key))
+    def _form(self, star: bool, guard: bool, indexed: bool) -> Starred:
+        """A starred and/or guarded form, made on first use; the decorated function's
+        forms are watched like it. Workers get the same wrapping of this wrapper
+        (pickled by name) or, by value, of the function."""
+        form = self._forms.get((star, guard, indexed))
+        if form is None:
+            func: Callable[[Any], Any] = self.__wrapped__
+            wrapper: Callable[[Any], Any] = self
+            if self._setup is not None:  # innermost: the setup's result is the first argument
+                func, wrapper = WithSetup(self._setup, func), WithSetup(self._setup, wrapper)
+            if star:
+                func, wrapper = Star(func), Star(wrapper)
+            if guard:
+                kind = IndexedGuard if indexed else Guard
+                func, wrapper = kind(func), kind(wrapper)
+            key = functools.partial(self._form_key, star, guard, indexed)
+            form = self._forms[(star, guard, indexed)] = Starred(func, make_shipper(wrapper, func, key))
             if self._owner is self:
-                watch(starred)
-        return starred
+                watch(form)
+        return form
 
-    def call(self, backend: str | None = None, *, star: bool = False) -> Call:
+    def call(
+        self, backend: str | None = None, *, star: bool = False, on_error: str = "raise", indexed: bool = False
+    ) -> Call:
         """The values one call of this function runs with (``backend``, or the
         decorator's): what :mod:`autopar.run`, ``optimize`` and ``explain`` use.
-        With ``star``, each item is an argument tuple (``starmap``).
+        With ``star``, each item is an argument tuple (``starmap``). With
+        ``on_error="return"`` the function is guarded: an exception comes back as a
+        :class:`~autopar.on_error.Raised` marker (``indexed``: items are ``(index,
+        item)`` pairs, for unordered streams), for :func:`~autopar.on_error.restore`.
 
         Local backends' values never change for a given start method, so they are
         made once (a cache hit stays microseconds); a cluster's are asked each time.
         """
         method = self._start_method()
         name = self._backend if backend is None else backend
-        cached = self._calls.get((name, method, star))
+        guard = on_error == "return"
+        indexed = indexed and guard
+        cached = self._calls.get((name, method, star, guard, indexed))
         if cached is not None:
             return cached
         digest_name, digest = self._name_digest
         func: Callable[[Any], Any] = self.__wrapped__
         shipper = self._shipper
-        if star:
-            starred = self._star()
-            func, shipper, digest = starred.__wrapped__, starred.shipper, star_digest(digest)
+        if star or guard or self._setup is not None:
+            form = self._form(star, guard, indexed)
+            func, shipper, digest = form.__wrapped__, form.shipper, self._form_digest(star, guard, indexed)
         made = Call(
             func=func,
             name=digest_name,
@@ -313,22 +357,28 @@ class AutoParallel(Generic[P, R]):
             learned=self._count_learned,
         )
         if name != "dask":
-            self._calls[(name, method, star)] = made
+            self._calls[(name, method, star, guard, indexed)] = made
         return made
+
+    @property
+    def _checked(self) -> Callable[..., Any]:
+        """What a map's arguments must fit: the function, less its setup argument."""
+        func: Callable[..., Any] = self.__wrapped__
+        return func if self._setup is None else functools.partial(func, None)
 
     def _check_fits(self, n_args: int) -> None:
         """Refuse, before any item runs, a function that cannot take ``n_args`` arguments."""
         shape = (self._owner is not self, n_args)
         fits = self._owner._fits
         if shape not in fits:
-            check_arguments(self.__wrapped__, n_args, self.__name__)
+            check_arguments(self._checked, n_args, self.__name__)
             fits.add(shape)
 
     def _check_first(self, item: object) -> None:
         """Refuse a ``starmap`` whose first argument tuple does not fit the function."""
         if isinstance(item, (tuple, list)) and (self._owner is not self, len(item)) in self._owner._fits:
             return
-        n_args = check_star_item(self.__wrapped__, item, self.__name__)
+        n_args = check_star_item(self._checked, item, self.__name__)
         if n_args is not None:
             self._owner._fits.add((self._owner is not self, n_args))
 
@@ -343,6 +393,7 @@ class AutoParallel(Generic[P, R]):
         timeout: float | None = None,
         progress: bool = False,
         backend: str | None = None,
+        on_error: str | None = None,
     ) -> list[R]:
         """``list(map(f, iterable, *iterables))``, in parallel when the plan says it pays.
 
@@ -363,16 +414,25 @@ class AutoParallel(Generic[P, R]):
         ``progress=True`` draws a bar on stderr counting finished items.
         ``backend`` (``"process"``, ``"dask"``, ``"serial"``) overrides the
         decorator's; ``"dask"`` runs chunks on the active ``distributed.Client``.
+
+        ``on_error`` overrides the decorator's: ``"raise"`` (the default) raises the
+        first exception the function raises, noted with its item; with ``"return"``
+        each ``Exception`` takes its item's place in the results, with that note,
+        the rest goes on, and the ``autopar`` logger says how many at WARNING
+        (``KeyboardInterrupt``, ``SystemExit`` and a crashed worker still raise).
         """
         jobs = worker_count(n_jobs)
         _check_positive("chunksize", chunksize)
         _check_timeout(timeout)
+        policy = self._policy(on_error)
         self._check_fits(1 + len(iterables))
         if iterables:
             items = as_sequence(zip_items((iterable, *iterables)))
-            return self._map(self.call(backend, star=True), items, jobs, chunksize, timeout, progress)
-        items = as_sequence(iterable)
-        return self._map(self.call(backend), items, jobs, chunksize, timeout, progress)
+            call = self.call(backend, star=True, on_error=policy)
+        else:
+            items = as_sequence(iterable)
+            call = self.call(backend, on_error=policy)
+        return self._map(call, items, jobs, chunksize, timeout, progress, policy)
 
     def starmap(
         self,
@@ -383,6 +443,7 @@ class AutoParallel(Generic[P, R]):
         timeout: float | None = None,
         progress: bool = False,
         backend: str | None = None,
+        on_error: str | None = None,
     ) -> list[R]:
         """``[f(*args) for args in iterable]`` (``Pool.starmap``'s meaning), planned as ``map``.
 
@@ -400,20 +461,39 @@ class AutoParallel(Generic[P, R]):
         jobs = worker_count(n_jobs)
         _check_positive("chunksize", chunksize)
         _check_timeout(timeout)
+        policy = self._policy(on_error)
         items = as_sequence(iterable)
         if len(items) > 0:
             self._check_first(items[0])
-        return self._map(self.call(backend, star=True), items, jobs, chunksize, timeout, progress)
+        call = self.call(backend, star=True, on_error=policy)
+        return self._map(call, items, jobs, chunksize, timeout, progress, policy)
+
+    def _policy(self, on_error: str | None) -> str:
+        """The call's ``on_error``: its own, else the decorator's."""
+        if on_error is None:
+            return self._on_error
+        check_on_error(on_error, per_call=True)
+        return on_error
 
     def _map(
-        self, call: Call, items: Sequence[Any], n_jobs: int | None, size: int | None, timeout: float | None, bar: bool
+        self,
+        call: Call,
+        items: Sequence[Any],
+        n_jobs: int | None,
+        size: int | None,
+        timeout: float | None,
+        bar: bool,
+        policy: str,
     ) -> list[R]:
         progress = make_progress(len(items), self.__name__) if bar else None
         try:
-            return call.map(items, n_jobs, size, timeout, progress.update if progress is not None else None)
+            results = call.map(items, n_jobs, size, timeout, progress.update if progress is not None else None)
         finally:
             if progress is not None:
                 progress.close()
+        if policy == "return":
+            restore(results, self.__qualname__)
+        return results
 
     def imap(
         self,
@@ -424,22 +504,28 @@ class AutoParallel(Generic[P, R]):
         chunksize: int | None = None,
         progress: bool = False,
         backend: str | None = None,
+        on_error: str | None = None,
     ) -> Iterator[R]:
         """Stream results for large or endless inputs, planned the same way as ``map``.
 
         The input is read only a few chunks ahead of the workers. With
         ``ordered=False`` results come as soon as they are ready. Several iterables
-        are zipped, as for :meth:`map`.
+        are zipped, as for :meth:`map`. ``on_error`` as for :meth:`map`: with
+        ``"return"`` exceptions come in their items' places as they come, and the
+        count is logged when the stream ends (or is closed).
         """
         jobs = worker_count(n_jobs)
         _check_positive("chunksize", chunksize)
+        policy = self._policy(on_error)
         self._check_fits(1 + len(iterables))
+        indexed = not ordered  # unordered results carry their index when returned as exceptions
         if iterables:
             every = (iterable, *iterables)
-            call = self.call(backend, star=True)
-            return self._stream(call, zip_items(every), zip_length(every), ordered, jobs, chunksize, progress)
-        call = self.call(backend)
-        return self._stream(call, iterate(iterable), length_hint(iterable), ordered, jobs, chunksize, progress)
+            call = self.call(backend, star=True, on_error=policy, indexed=indexed)
+            return self._stream(call, zip_items(every), zip_length(every), ordered, jobs, chunksize, progress, policy)
+        call = self.call(backend, on_error=policy, indexed=indexed)
+        source = iterate(iterable)
+        return self._stream(call, source, length_hint(iterable), ordered, jobs, chunksize, progress, policy)
 
     def istarmap(
         self,
@@ -450,17 +536,19 @@ class AutoParallel(Generic[P, R]):
         chunksize: int | None = None,
         progress: bool = False,
         backend: str | None = None,
+        on_error: str | None = None,
     ) -> Iterator[R]:
         """``f(*args)`` for each argument tuple, streamed as :meth:`imap` streams.
 
         The first tuple is checked against the function's signature when the first
-        result is asked for, before any worker starts.
+        result is asked for, before any worker starts. ``on_error`` as for :meth:`imap`.
         """
         jobs = worker_count(n_jobs)
         _check_positive("chunksize", chunksize)
-        call = self.call(backend, star=True)
+        policy = self._policy(on_error)
+        call = self.call(backend, star=True, on_error=policy, indexed=not ordered)
         source = iterate(iterable)
-        return self._checked_stream(call, source, length_hint(iterable), ordered, jobs, chunksize, progress)
+        return self._checked_stream(call, source, length_hint(iterable), ordered, jobs, chunksize, progress, policy)
 
     def _checked_stream(
         self,
@@ -471,12 +559,14 @@ class AutoParallel(Generic[P, R]):
         n_jobs: int | None,
         size: int | None,
         bar: bool,
+        policy: str,
     ) -> Iterator[R]:
         """The stream, once the first item passed :meth:`_check_first`: read when the
         first result is asked for, before anything starts (a pool opens before it reads)."""
         for first in source:
             self._check_first(first)
-            yield from self._stream(call, itertools.chain((first,), source), n_items, ordered, n_jobs, size, bar)
+            rest = itertools.chain((first,), source)
+            yield from self._stream(call, rest, n_items, ordered, n_jobs, size, bar, policy)
             break
 
     def _stream(
@@ -488,10 +578,15 @@ class AutoParallel(Generic[P, R]):
         n_jobs: int | None,
         size: int | None,
         bar: bool,
+        policy: str,
     ) -> Iterator[R]:
+        if policy == "return" and not ordered:
+            source = enumerate(source)  # what an IndexedGuard takes: see call(indexed=True)
         if not bar:
-            return call.imap(source, n_items, ordered, n_jobs, size, None)
-        return self._stream_with_bar(call, source, n_items, ordered, n_jobs, size)
+            results = call.imap(source, n_items, ordered, n_jobs, size, None)
+        else:
+            results = self._stream_with_bar(call, source, n_items, ordered, n_jobs, size)
+        return restored(results, self.__qualname__) if policy == "return" else results
 
     def _stream_with_bar(
         self,
@@ -518,8 +613,8 @@ class AutoParallel(Generic[P, R]):
         self._check_fits(1 + len(iterables))
         if iterables:
             items = as_sequence(zip_items((iterable, *iterables)))
-            return self.call(backend, star=True).plan_only(items)
-        return self.call(backend).plan_only(as_sequence(iterable))
+            return self.call(backend, star=True, on_error=self._on_error).plan_only(items)
+        return self.call(backend, on_error=self._on_error).plan_only(as_sequence(iterable))
 
     def explain(self, iterable: Iterable[Any], *, run: bool = False) -> Explanation:
         """A readable report of what ``map`` would decide and why (measured afresh).
@@ -541,6 +636,8 @@ class AutoParallel(Generic[P, R]):
             "use_cache": options.use_cache,
             "ttl": options.ttl,
             "backend": self._backend,
+            "on_error": self._on_error,
+            "setup": None if self._setup is None else setup_name(self._setup),
         }
 
     def cache_info(self) -> CacheInfo:
@@ -576,6 +673,8 @@ def auto_parallel(
     use_cache: bool = True,
     ttl: float = DEFAULT_TTL_S,
     backend: str = "process",
+    on_error: str = "raise",
+    setup: Callable[[], Any] | None = None,
 ) -> Callable[[Callable[P, R]], AutoParallel[P, R]]: ...
 
 
@@ -589,6 +688,8 @@ def auto_parallel(
     use_cache: bool = True,
     ttl: float = DEFAULT_TTL_S,
     backend: str = "process",
+    on_error: str = "raise",
+    setup: Callable[[], Any] | None = None,
 ) -> AutoParallel[P, R] | Callable[[Callable[P, R]], AutoParallel[P, R]]:
     """Give a one-argument function a planned parallel ``.map``.
 
@@ -597,6 +698,12 @@ def auto_parallel(
     level for its items to run in worker processes. ``backend`` is where parallel
     work runs by default: ``"process"`` (a local pool), ``"dask"`` (the active
     ``distributed.Client``) or ``"serial"``; ``.map(backend=...)`` overrides it.
+    ``on_error`` is what a call does when the function raises for an item:
+    ``"raise"`` (the default) or ``"return"`` (the exception takes the item's place
+    in the results); ``.map(on_error=...)`` overrides it. ``setup`` runs once in each
+    worker process (and once per call here when items run here), and its result is
+    the function's first argument in maps: ``@auto_parallel(setup=load_model)`` on
+    ``def predict(model, x)``; called directly, the function is itself.
 
     >>> from autopar import auto_parallel
     >>> @auto_parallel
@@ -615,6 +722,8 @@ def auto_parallel(
             use_cache=use_cache,
             ttl=ttl,
             backend=backend,
+            on_error=on_error,
+            setup=setup,
         )
 
     if func is not None:
