@@ -8,6 +8,7 @@ to learn from (an override says nothing about the plan).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -27,7 +28,7 @@ from .sampling import runnable_seconds
 from .serialization import Shipment
 from .store import get_store
 from .system import in_worker, usable_cpus
-from .worker_setup import WithSetup
+from .worker_setup import forget_setup
 
 __all__ = ["IN_WORKER", "Call", "Execution", "RunRecord", "Target", "as_sequence", "iterate", "resolve"]
 
@@ -202,8 +203,8 @@ class Call:
 
     def _begin(self) -> None:
         """A new call: per-worker setup runs again here (what it reads may have changed)."""
-        if isinstance(self.func, WithSetup) and not in_worker():
-            self.func.forget()
+        if isinstance(self.func, functools.partial) and not in_worker():
+            forget_setup(self.func)
 
     def _ship_bytes(self) -> tuple[int, int]:
         """Bytes of the function sent with every chunk, and read once by each worker."""

@@ -15,6 +15,7 @@ the setup's: never the endless respawning of a ``Pool`` initializer that raises.
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +24,19 @@ from typing import Any
 from .notes import add_note
 from .system import on_fork_in_child
 
-__all__ = ["WithSetup", "setup_name"]
+__all__ = ["WithSetup", "forget_setup", "setup_digest", "setup_name"]
 
 _lock = threading.RLock()
 #: Per process: setup's result (or its exception) by the setup callable's id, with
 #: the callable kept so the id is never reused while its value is.
 _values: dict[int, tuple[Callable[[], Any], bool, Any]] = {}
+
+
+def setup_digest(digest: str, setup: Callable[[], Any]) -> str:
+    """A plan digest for the function with ``setup``: its own, and the setup's code."""
+    from .workload import function_identity
+
+    return hashlib.blake2b(f"setup:{digest}:{function_identity(setup)[1]}".encode(), digest_size=8).hexdigest()
 
 
 def setup_name(setup: Callable[[], Any]) -> str:
@@ -55,7 +63,7 @@ class WithSetup(functools.partial):  # type: ignore[type-arg]
         setup: Callable[[], Any] = self.args[0]
         return setup
 
-    def __call__(self, item: Any, /) -> Any:
+    def __call__(self, *args: Any) -> Any:
         entry = _values.get(id(self.setup))
         if entry is None:
             self.prepare()
@@ -63,7 +71,7 @@ class WithSetup(functools.partial):  # type: ignore[type-arg]
         _, ok, value = entry
         if not ok:
             raise value
-        return self.func(value, item)
+        return self.func(value, *args)
 
     def prepare(self) -> float:
         """Run setup here unless it already ran; the seconds it took (0 when it had)."""
@@ -89,6 +97,17 @@ class WithSetup(functools.partial):  # type: ignore[type-arg]
 
     def __repr__(self) -> str:
         return f"WithSetup({self.setup!r}, {self.func!r})"
+
+
+def forget_setup(func: Callable[..., Any]) -> None:
+    """Drop this process's setup result for ``func`` (a :class:`WithSetup`, possibly
+    inside other wrappers: ``starmap``'s, ``on_error``'s)."""
+    seen = 0
+    while isinstance(func, functools.partial) and seen < 8:
+        if isinstance(func, WithSetup):
+            func.forget()
+            return
+        func, seen = func.func, seen + 1
 
 
 def _forget_in_child() -> None:

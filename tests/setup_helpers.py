@@ -40,3 +40,12 @@ def broken_setup() -> None:
 
 def use(model: object, x: int) -> int:
     return x
+
+
+def scale_pair(factor: int, a: int, b: int) -> int:
+    return factor * (a + b)
+
+
+def scaled_setup_user(factor: int) -> int:
+    """Takes the setup's result but no item: cannot be mapped."""
+    return factor

@@ -8,14 +8,13 @@ import pytest
 
 from autopar import auto_parallel
 from autopar.backends.warm import WarmPools
-from autopar.worker_setup import WithSetup
 from tests import setup_helpers
 
 pytestmark = pytest.mark.timeout(120)
 
-predict = auto_parallel(WithSetup(setup_helpers.load_model, setup_helpers.predict))
-scaled = auto_parallel(WithSetup(setup_helpers.scaled_setup, setup_helpers.scale))
-broken = auto_parallel(WithSetup(setup_helpers.broken_setup, setup_helpers.use))
+predict = auto_parallel(setup_helpers.predict, setup=setup_helpers.load_model)
+scaled = auto_parallel(setup_helpers.scale, setup=setup_helpers.scaled_setup)
+broken = auto_parallel(setup_helpers.use, setup=setup_helpers.broken_setup)
 
 
 def test_setup_runs_once_in_each_worker_and_its_result_is_used(start_method: str) -> None:
@@ -40,9 +39,9 @@ def test_a_serial_run_sets_up_once_here_per_call() -> None:
     before = setup_helpers.RUNS
     results = predict.map(list(range(10)), n_jobs=1)
     assert {(loaded, pid) for _, loaded, _, pid in results} == {(os.getpid(), os.getpid())}
-    assert setup_helpers.RUNS == before + 1
+    assert before + 1 == setup_helpers.RUNS
     predict.map(list(range(10)), n_jobs=1)
-    assert setup_helpers.RUNS == before + 2, "each call sets up again here: what setup reads may have changed"
+    assert before + 2 == setup_helpers.RUNS, "each call sets up again here: what setup reads may have changed"
 
 
 def test_a_changed_global_read_by_setup_is_seen(start_method: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,3 +74,28 @@ def test_setup_time_is_not_an_item_cost() -> None:
     records = [read_plan_record(store.get(k), usable_cpus=usable_cpus(), max_workers=None) for k in store.list_keys()]
     (workload,) = [r.workload for r in records if r is not None]
     assert workload["item_s"] < 10 * planned_items_s
+
+
+def test_called_directly_the_function_is_itself() -> None:
+    assert predict({"pid": 1, "runs": 1, "weight": 2}, 5)[0] == 10
+    assert predict.cache_parameters()["setup"] == "tests.setup_helpers.load_model"
+
+
+def test_setup_works_with_starmap_and_several_iterables(start_method: str) -> None:
+    pairs = [(x, x + 1) for x in range(30)]
+    assert scaled_pair.starmap(pairs, n_jobs=2, chunksize=3) == [3 * (a + b) for a, b in pairs]
+    assert scaled_pair.map(range(30), range(1, 31)) == [3 * (a + b) for a, b in pairs]
+
+
+def test_a_function_that_cannot_take_the_setup_and_an_item_is_refused() -> None:
+    one_arg = auto_parallel(setup_helpers.scaled_setup_user, setup=setup_helpers.scaled_setup)
+    with pytest.raises(TypeError, match="takes"):
+        one_arg.map([1, 2, 3])
+
+
+def test_setup_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="setup must be a callable"):
+        auto_parallel(setup_helpers.use, setup=42)  # type: ignore[arg-type]
+
+
+scaled_pair = auto_parallel(setup_helpers.scale_pair, setup=setup_helpers.scaled_setup)
