@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all test-pythons lint bench bench-overhead clean
+.PHONY: demo test test-all test-pythons lint bench bench-converge bench-overhead clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench,dask]"
 	$(BIN)/python benchmarks/compare.py
 	$(BIN)/python benchmarks/cluster.py
+
+bench-converge: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench,dask]"
+	$(BIN)/python benchmarks/converge.py
 
 bench-overhead: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py

@@ -21,7 +21,7 @@ Writes ``benchmarks/results/converge.{md,json,png}`` and prints the table.
 
 Run: ``make bench-converge`` (or ``python benchmarks/converge.py``; ``BENCH_REPEAT``
 sets the repetitions, default 1, each cell then a median; ``BENCH_ONLY=growing,records``
-runs a subset).
+runs a subset; ``BENCH_LABEL`` is free text saved with the results, e.g. the commit measured).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import functools
 import json
 import multiprocessing
 import os
+import pickle
 import platform
 import statistics
 import sys
@@ -51,6 +52,10 @@ BASELINES = ["serial", "pool", "joblib", "mpire"]
 #: Calls in a row per workload; plan changes are counted after :data:`SETTLE_CALL`.
 CALLS = 8
 SETTLE_CALL = 3
+#: Grid points whose tasks would pickle the function more than this many bytes in
+#: all are skipped: Pool pickles the callable with every task, so a partial binding
+#: 20 MB at chunksize 1 would pickle 60 GB (minutes, and never the best).
+MAX_FUNC_BYTES = 1 << 30
 
 
 def _pool_map(
@@ -186,12 +191,14 @@ def run_case(case: Case, repeat: int, cpus: int, recorder: PlanRecorder) -> dict
     worker_pool = functools.partial(WorkerPool, start_method="spawn") if case.spawn else WorkerPool
     expected = [raw(x) for x in case.make()]
     n_items = len(expected)
-    grid = _grid(n_items, cpus, io_like=False)
+    func_bytes = len(pickle.dumps(target))
+    grid = [(n, c) for n, c in _grid(n_items, cpus, io_like=False) if -(-n_items // c) * func_bytes <= MAX_FUNC_BYTES]
     times: dict[str, list[float]] = {m: [] for m in BASELINES}
     grid_times: dict[tuple[int, int], list[float]] = {p: [] for p in grid}
     call_times: list[list[float]] = [[] for _ in range(CALLS)]
     runs: list[list[dict[str, Any]]] = []
     load = OtherLoad()
+    began = time.perf_counter()
     for _ in range(repeat):
         baselines: dict[str, Callable[[], Any]] = {
             "serial": lambda: [raw(x) for x in case.make()],
@@ -245,6 +252,7 @@ def run_case(case: Case, repeat: int, cpus: int, recorder: PlanRecorder) -> dict
         "final_reason": last[-1]["reason"],
         "learned": last[-1]["learned_total"],
         "other_cpus": load.cpus(),
+        "bench_s": time.perf_counter() - began,
         "runs": runs,
     }
 
@@ -273,11 +281,13 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 def write_results(rows: list[dict[str, Any]], repeat: int, elapsed: float, recorded: bool) -> str:
     machine = f"{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs"
+    label = os.environ.get("BENCH_LABEL", "")
+    library = f"autopar {autopar.__version__} from `{Path(autopar.__file__).parent}`" + (f" ({label})" if label else "")
     source = "as recorded from each call" if recorded else "from `f.plan(data)` after each call"
     lines = [
         "# Benchmark: do autopar's plans converge on the best? (issue 12)",
         "",
-        f"Machine: {machine}. Command: `python benchmarks/converge.py` (BENCH_REPEAT={repeat}; "
+        f"Machine: {machine}. Library: {library}. Command: `python benchmarks/converge.py` (BENCH_REPEAT={repeat}; "
         f"{elapsed / 60:.1f} min). Each cell is a time divided by the oracle's (the best of a grid of "
         "worker counts x chunk sizes on a fresh `Pool`, start included, or the serial loop when faster); "
         "lower is better, 1.00 matches the oracle. `callN` is autopar's N-th call in a row after its plans "
@@ -298,7 +308,15 @@ def write_results(rows: list[dict[str, Any]], repeat: int, elapsed: float, recor
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "converge.md").write_text(text)
-    payload = {"machine": machine, "repeat": repeat, "calls": CALLS, "plans_recorded": recorded, "rows": rows}
+    payload = {
+        "machine": machine,
+        "library": library,
+        "label": label,
+        "repeat": repeat,
+        "calls": CALLS,
+        "plans_recorded": recorded,
+        "rows": rows,
+    }
     (RESULTS / "converge.json").write_text(json.dumps(payload, indent=2) + "\n")
     return text
 
@@ -306,6 +324,7 @@ def write_results(rows: list[dict[str, Any]], repeat: int, elapsed: float, recor
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """One line per workload: autopar's call number against its time / the oracle's."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -316,6 +335,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.plot(xs, r["call_ratios"], marker="o", label=f"{r['workload']} (oracle {r['oracle']})")
     ax.axhline(1.0, color="black", linewidth=1)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
     ax.set_xticks(xs)
     ax.set_xlabel("autopar call number (plans cleared before call 1)")
     ax.set_ylabel("time / oracle time (log scale, lower is better)")
@@ -352,7 +373,7 @@ def main() -> None:
             + " ".join(f"{m}={row['ratios'][m]:.2f}" for m in BASELINES)
             + " calls="
             + ",".join(f"{v:.2f}" for v in row["call_ratios"])
-            + f" final: {row['final_plan']} (other load {row['other_cpus']:.2f} CPUs)",
+            + f" final: {row['final_plan']} (other load {row['other_cpus']:.2f} CPUs; {row['bench_s']:.0f} s)",
             flush=True,
         )
     print(write_results(rows, repeat, time.perf_counter() - t0, recorder.installed))
