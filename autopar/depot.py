@@ -9,10 +9,12 @@ through ``PickleBuffer``) of :data:`BUFFER_MIN` or more get files of their own,
 which workers memory-map read-only: every worker shares the same pages of the page
 cache (``/dev/shm`` where it exists), under fork, forkserver and spawn alike.
 
-Files are removed when their shipment is dropped (the caller's state changed, or
-the function was garbage collected) and at exit, by the process that made them
-only; a depot left by a process that was killed is swept by the next one that
-opens a depot.
+Files are removed when the last pool that used them ends (its call, or its time
+kept warm: :func:`hold` and :func:`let_go`), when their shipment is dropped (the
+caller's state changed, or the function was garbage collected), and at exit, by
+the process that made them only; a depot left by a process that was killed is swept
+by the next one that opens a depot. A shipment whose files are gone is deposited
+again when next needed (:func:`present`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUFFER_MIN", "INLINE_MAX", "Deposit", "deposit", "load", "pickle_out_of_band", "remove_depot"]
+__all__ = [
+    "BUFFER_MIN",
+    "INLINE_MAX",
+    "Deposit",
+    "deposit",
+    "hold",
+    "let_go",
+    "load",
+    "pickle_out_of_band",
+    "present",
+    "remove_depot",
+]
 
 #: Pickles up to this size travel inline with every chunk (a module-level function
 #: by reference is ~100 bytes); larger ones are deposited once.
@@ -45,6 +58,8 @@ _PREFIX = "autopar-depot-"
 
 _lock = threading.Lock()
 _directory: Path | None = None
+#: Pools using each deposit now (by its pickle's path).
+_holders: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,8 @@ class Deposit:
     buffers: tuple[str, ...]
     size: int
     """Bytes in all: what each worker reads (or maps) once."""
+    pid: int = 0
+    """The process that wrote the files: the only one that removes them."""
 
 
 def pickle_out_of_band(obj: Any, dumps: Callable[..., bytes]) -> tuple[bytes, list[pickle.PickleBuffer]]:
@@ -118,8 +135,8 @@ def deposit(blob: bytes, buffers: list[pickle.PickleBuffer], owner: object) -> D
             out.write(raw)
         paths.append(str(buffer_path))
         size += raw.nbytes
-    made = Deposit(str(path), tuple(paths), size)
-    weakref.finalize(owner, _remove, made, os.getpid())
+    made = Deposit(str(path), tuple(paths), size, os.getpid())
+    weakref.finalize(owner, _remove, made)
     return made
 
 
@@ -145,8 +162,30 @@ def load(made: Deposit) -> Any:
     return pickle.loads(blob, buffers=views)
 
 
-def _remove(made: Deposit, pid: int) -> None:
-    if os.getpid() != pid:  # a forked child's exit: the files are its parent's
+def present(made: Deposit) -> bool:
+    """True while a deposit's files are still there (a pool that used it may have ended)."""
+    return os.path.exists(made.path)
+
+
+def hold(made: Deposit) -> None:
+    """A pool sends ``made`` to its workers: keep its files while the pool lives."""
+    with _lock:
+        _holders[made.path] = _holders.get(made.path, 0) + 1
+
+
+def let_go(made: Deposit) -> None:
+    """A pool that used ``made`` ended: the last one to end removes its files."""
+    with _lock:
+        count = _holders.get(made.path, 0) - 1
+        if count > 0:
+            _holders[made.path] = count
+            return
+        _holders.pop(made.path, None)
+    _remove(made)
+
+
+def _remove(made: Deposit) -> None:
+    if os.getpid() != made.pid:  # a forked child's: the files are its parent's
         return
     for path in (made.path, *made.buffers):
         with contextlib.suppress(OSError):

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .depot import present
 from .errors import UnpicklableError
 from .serialization import Shipment, ShippedFunction
 from .state import StateToken, state_token
@@ -58,7 +59,10 @@ class Shipper:
         key, token, keep = self.state()
         cached = self._shipped
         if cached is not None and cached[0] == start_method and cached[1].token == token and cached[1].key == key:
-            return cached[1]
+            made = cached[1].deposit
+            if made is None or present(made):
+                return cached[1]
+            # The pools that used its files have ended: deposit it again.
         error = self._error
         if error is not None and error[0] == token and error[1] == start_method:
             raise UnpicklableError(error[2])

@@ -123,3 +123,22 @@ def test_explain_shows_the_functions_own_bytes() -> None:
     text = str(func.explain(list(range(300))))
     assert "read once by each worker" in text
     assert "4.0 MB read once by each worker" in text, text
+
+
+def test_files_go_when_the_pool_ends_and_come_back_when_needed() -> None:
+    import autopar
+
+    table = _table()
+    func = auto_parallel(functools.partial(depot_helpers.lookup, table=table))
+    items = list(range(40))
+    expected = [table[x] + len(table) for x in items]
+    assert func.map(items, n_jobs=2, chunksize=5) == expected
+    first = func.call().shipment().deposit
+    assert first is not None
+    assert Path(first.path).exists(), "kept while the pool is warm"
+    autopar.shutdown()
+    assert not Path(first.path).exists(), "the warm pool ended: its large functions go"
+    assert func.map(items, n_jobs=2, chunksize=5) == expected, "deposited again for the new pool"
+    second = func.call().shipment().deposit
+    assert second is not None
+    assert second.path != first.path

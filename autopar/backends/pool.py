@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import depot
+from ..depot import Deposit
 from ..errors import TaskTimeoutError, UnpicklableError, WorkerCrashedError
 from ..serialization import Shipment
 from ..state import known_simple_globals, known_states
@@ -89,6 +91,8 @@ class PoolRun:
         self.start_method: str = ctx.get_start_method()
         #: What each decorated function read when the workers started (their view).
         self.known, self._keep = known_states()
+        #: Large functions this pool's workers were sent (see :mod:`autopar.depot`).
+        self._deposits: dict[str, Deposit] = {}
         # Spawn and forkserver workers import modules afresh: send the caller's
         # current simple globals. Fork workers hold this process's memory already.
         overlay = known_simple_globals() if self.start_method != "fork" else None
@@ -170,6 +174,10 @@ class PoolRun:
 
     def submit_blob(self, shipment: Shipment, start: int, blob: bytes, count: int) -> int:
         """Send one chunk already pickled by :func:`pickle_chunk`; returns its size."""
+        made = shipment.deposit
+        if made is not None and made.path not in self._deposits:
+            self._deposits[made.path] = made
+            depot.hold(made)  # its files stay while this pool lives
         self.pending[start] = count
         self.pool.apply_async(
             run_chunk,
@@ -277,13 +285,18 @@ class PoolRun:
             return
         self._closed = True
         untrack(self)
-        if not abort:
-            self.pool.close()
-            self.pool.join()
-            return
-        self._cancel.value = 1
-        with hurry_on_interrupt(self):
-            self._abort()
+        try:
+            if not abort:
+                self.pool.close()
+                self.pool.join()
+                return
+            self._cancel.value = 1
+            with hurry_on_interrupt(self):
+                self._abort()
+        finally:
+            for made in self._deposits.values():
+                depot.let_go(made)
+            self._deposits.clear()
 
     def everyone(self) -> list[Any]:
         """Every worker process this pool started, replacements included."""
