@@ -37,6 +37,8 @@ _MAX_TIME_BUCKET = 40
 #: fingerprint as text. Anything else enters only by its type name: a default such as
 #: ``object()`` reprs with a memory address and would make every process miss.
 _SIMPLE = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+#: Strings and bytes longer than this enter a fingerprint by their length only.
+_LONG_TEXT = 256
 
 
 def size_bucket(n_items: int | None) -> str:
@@ -62,6 +64,11 @@ def _stable(value: Any, depth: int = 0) -> str:
     """Text for a value that is the same in every process, or its type when it is not."""
     if depth > 4:
         return "..."
+    if isinstance(value, (str, bytes)) and len(value) > _LONG_TEXT:
+        # A large constant (an 80 MB table in a partial) is named by its size: its repr
+        # would cost seconds. Plans are about cost, and cost goes with size; what the
+        # function reads for its results is followed by autopar.state, not here.
+        return f"{type(value).__name__}(len={len(value)})"
     if isinstance(value, _SIMPLE):
         return repr(value)
     if isinstance(value, (tuple, list)):

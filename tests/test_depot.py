@@ -142,3 +142,26 @@ def test_files_go_when_the_pool_ends_and_come_back_when_needed() -> None:
     second = func.call().shipment().deposit
     assert second is not None
     assert second.path != first.path
+
+
+def test_partial_fixes_arguments_that_travel_once(start_method: str) -> None:
+    table = _table()
+    fixed = lookup_decorated.partial(table=table)
+    items = list(range(100))
+    assert fixed.map(items, n_jobs=2, chunksize=5) == [table[x] + len(table) for x in items]
+    assert fixed.call().shipment().deposit is not None
+    assert fixed.cache_parameters() == lookup_decorated.cache_parameters()
+    assert fixed(3) == table[3] + len(table), "called directly, it is the partial"
+
+
+def test_a_large_constant_names_the_plan_by_its_size() -> None:
+    from autopar.workload import function_identity
+
+    one = functools.partial(depot_helpers.lookup, table=_table())
+    other = functools.partial(depot_helpers.lookup, table=bytes(TABLE_BYTES))
+    assert function_identity(one) == function_identity(other), "same size, same cost: same plan"
+    short = functools.partial(depot_helpers.lookup, table=bytes(10))
+    assert function_identity(one) != function_identity(short)
+
+
+lookup_decorated = auto_parallel(depot_helpers.lookup)
