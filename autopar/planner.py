@@ -453,6 +453,9 @@ def _decide_and_save(
     for text in decision.warnings:
         warn(f"autopar: {request.name}: {text}", AutoparWarning, stacklevel=5)
     plan = _plan_of(request, decision, sample.unpicklable)
+    if request.n_items is None:  # a stream: only its first items could be seen
+        prefix = f"; sampled from the stream's first {sample.n_timed} items (a prefix: the run may correct it)"
+        plan = replace(plan, reason=plan.reason + prefix)
     planning_s = time.perf_counter() - t_start
     logger.debug("autopar: planned %s in %.1f ms: %s", key, planning_s * 1e3, plan.reason)
     if decision.candidates:

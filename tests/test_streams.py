@@ -49,3 +49,17 @@ def test_a_failure_in_the_serial_part_names_its_index() -> None:
     with pytest.raises(ValueError, match="bad item") as info:
         list(func.imap(_stream(10_000)))
     assert "item 5000: 5000" in "\n".join(info.value.__notes__)
+
+
+def test_a_streams_plan_says_its_sample_was_a_prefix() -> None:
+    from autopar.plan import read_plan_record
+    from autopar.store import get_store
+    from autopar.system import usable_cpus
+
+    list(workloads.tiny_pid.imap(_stream(3000)))
+    store = get_store()
+    keys = [k for k in store.list_keys() if k.startswith("plan:") and ":nu:" in k]
+    assert keys, "a plan for a stream of unknown length was stored"
+    record = read_plan_record(store.get(keys[0]), usable_cpus=usable_cpus(), max_workers=None)
+    assert record is not None
+    assert "sampled from the stream's first" in record.reason
