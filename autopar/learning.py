@@ -126,6 +126,8 @@ def learn(
     n_items = n_items if type(n_items) is int and n_items > 0 else n_run
     t, why_t = _item_time(float(sampled_s), evidence)
     workload = Workload.from_record(stored, n_items=n_items, item_s=t)
+    if workload.serial_item_s is not None:  # the caller's own loop, scaled as the items were
+        workload = replace(workload, serial_item_s=workload.serial_item_s * t / float(sampled_s))
     decision, costs_dict = decide(request, workload)
     costs = Costs(**{k: v for k, v in costs_dict.items() if k != "measured"})
     cpus = request.system.usable_cpus
@@ -195,7 +197,7 @@ def _options(
             continue
         _, n_jobs, chunksize = parsed
         if n_jobs == 1:
-            predicted[config] = n_items * w.item_s
+            predicted[config] = n_items * (w.serial_item_s or w.item_s)  # the caller's own threads
         else:
             predicted[config] = predict_parallel(w, costs, n_jobs, chunksize, cpus, warm)
     ratios = [
