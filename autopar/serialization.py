@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .depot import INLINE_MAX, Deposit, deposit, digest_of, pickle_out_of_band
+from .depot import INLINE_MAX, Deposit, deposit, digest_of, pickle_out_of_band, present
 
 __all__ = ["Shipment", "ShippedFunction", "dumps", "pickle_problem"]
 
@@ -93,23 +94,39 @@ class Shipment:
     key: str | None = None
     token: tuple[Any, ...] = ()
     keep: list[Any] = field(default_factory=list, compare=False, repr=False)
+    size: int = 0
+    """Bytes of a large function, which travels by :meth:`deposited` (0: inline in ``blob``)."""
     deposit: Deposit | None = None
-    """Where a large function lies (:mod:`autopar.depot`): chunks carry this, not ``blob``."""
+    """Where a large function lies now (:mod:`autopar.depot`), once a pool needed it."""
 
     @property
     def payload(self) -> bytes | Deposit:
-        """What each chunk carries: the pickle itself, or where it was deposited."""
-        return self.deposit if self.deposit is not None else self.blob
+        """What each chunk carries: the pickle itself, or where it was deposited
+        (:meth:`deposited` first: only a pool that runs it writes the files)."""
+        if not self.size:
+            return self.blob
+        return self.deposit if self.deposit is not None else self.deposited()
 
     @property
     def chunk_bytes(self) -> int:
         """Bytes of the function sent with every chunk."""
-        return 256 if self.deposit is not None else len(self.blob)
+        return 256 if self.size else len(self.blob)
 
     @property
     def once_bytes(self) -> int:
         """Bytes of the function each worker reads once (a deposit), else 0."""
-        return self.deposit.size if self.deposit is not None else 0
+        return self.size
+
+    def deposited(self) -> Deposit:
+        """The large function's files, written now if missing (the last pool that used
+        them ended, or none has yet): planning alone never writes them."""
+        with _deposit_lock:
+            made = self.deposit
+            if made is None or not present(made):
+                data, buffers = _pickle_large(self.func)
+                made = deposit(data, buffers, self)
+                object.__setattr__(self, "deposit", made)
+            return made
 
     @classmethod
     def of(
@@ -130,13 +147,19 @@ class Shipment:
         if len(blob) <= INLINE_MAX:
             digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
             return cls(func, blob, digest, key, token, keep)
-        if isinstance(func, ShippedFunction):  # by value, as it was chosen to travel
-            data, buffers = pickle_out_of_band(func.func, _cloudpickle5)
-        else:
-            data, buffers = pickle_out_of_band(func, _dumps5)
-        shipment = cls(func, b"", digest_of(data, buffers), key, token, keep)
-        object.__setattr__(shipment, "deposit", deposit(data, buffers, shipment))
-        return shipment
+        data, buffers = _pickle_large(func)
+        size = len(data) + sum(buffer.raw().nbytes for buffer in buffers)
+        return cls(func, b"", digest_of(data, buffers), key, token, keep, size)
+
+
+_deposit_lock = threading.Lock()
+
+
+def _pickle_large(func: Callable[[Any], Any]) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """A large function pickled with its big buffers out of band (see :mod:`autopar.depot`)."""
+    if isinstance(func, ShippedFunction):  # by value, as it was chosen to travel
+        return pickle_out_of_band(func.func, _cloudpickle5)
+    return pickle_out_of_band(func, _dumps5)
 
 
 def _cloudpickle5(obj: Any, *, protocol: int, buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> bytes:

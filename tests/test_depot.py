@@ -165,3 +165,24 @@ def test_a_large_constant_names_the_plan_by_its_size() -> None:
 
 
 lookup_decorated = auto_parallel(depot_helpers.lookup)
+
+
+def test_a_pool_of_another_size_does_not_lose_the_files_the_call_needs() -> None:
+    """The warm pool was the files' last holder; the call opening a new pool of
+    another size retires it, and must still find them (found by a second reader)."""
+    table = _table()
+    func = auto_parallel(functools.partial(depot_helpers.lookup, table=table))
+    items = list(range(60))
+    expected = [table[x] + len(table) for x in items]
+    assert func.map(items, n_jobs=2, chunksize=5) == expected
+    assert func.map(items, n_jobs=3, chunksize=5) == expected
+    assert func.map(items, n_jobs=2, chunksize=5) == expected
+
+
+def test_planning_alone_writes_no_files() -> None:
+    func = auto_parallel(functools.partial(depot_helpers.lookup, table=_table()))
+    shipment = func.call().shipment()
+    assert shipment.once_bytes >= TABLE_BYTES, "its size is known to the plan"
+    assert shipment.deposit is None, "nothing written until a pool needs it"
+    assert func.map(list(range(10)), n_jobs=1) == [depot_helpers.lookup(x, _table()) for x in range(10)]
+    assert func.call().shipment().deposit is None

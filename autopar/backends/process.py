@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from .. import depot
+from ..depot import Deposit
+from ..errors import UnpicklableError
 from ..model import Costs
 from ..serialization import Shipment
 from . import calibration
@@ -108,6 +111,26 @@ class ProcessBackend:
         if total <= 0:
             return []
         shipment = as_shipment(func)
+        held = _hold(shipment)
+        try:
+            return self._map(shipment, items, start, total, n_jobs, chunksize, timeout, progress, busy, skip)
+        finally:
+            if held is not None:
+                depot.let_go(held)
+
+    def _map(
+        self,
+        shipment: Shipment,
+        items: Sequence[Any],
+        start: int,
+        total: int,
+        n_jobs: int,
+        chunksize: int,
+        timeout: float | None,
+        progress: Callable[[int], None] | None,
+        busy: dict[int, float] | None,
+        skip: Sequence[int],
+    ) -> list[Any]:
         chunks = chunk_slices(items, start, chunksize, skip)
         first_start, first_chunk = next(chunks, (start, ()))
         if not first_chunk:  # every remaining item was evaluated while sampling
@@ -165,6 +188,7 @@ class ProcessBackend:
         progress: Callable[[int], None] | None,
     ) -> Iterator[Any]:
         shipment = as_shipment(func)
+        held = _hold(shipment)
         run: PoolRun | None = None
         abort = True
         try:
@@ -182,3 +206,21 @@ class ProcessBackend:
         finally:
             if run is not None:
                 run.close(abort=abort)
+            if held is not None:
+                depot.let_go(held)
+
+
+def _hold(shipment: Shipment) -> Deposit | None:
+    """A large function's files, written if missing and held for this call: a warm pool
+    retired while this call opens its own must not take them away (it was their
+    last holder). None for a function that travels inline."""
+    if not shipment.size:
+        return None
+    for _ in range(3):
+        made = shipment.deposited()
+        depot.hold(made)
+        if depot.present(made):
+            return made
+        depot.let_go(made)  # removed between the check and the hold: write them again
+    msg = f"the function could not be written for workers to read ({shipment.deposit})"
+    raise UnpicklableError(msg)
