@@ -231,14 +231,14 @@ def make_plan(
     found = _look_up(request, tbucket, sampler, source)
     if found is not None:
         return found
-    limited = _as_workers_run(request)
+    native = request.cluster is None and native_threads() > 1
     speedup = 1.0
-    if not isinstance(limited, contextlib.nullcontext):
+    if native:
         compared = _compare_threads(request, sampler, source)
         if compared is None:
             return _all_evaluated(request, sampler, source, False, key)
         speedup = compared
-    with limited:
+    with one_native_thread() if native else contextlib.nullcontext():
         exhausted = _sample(request, sampler, source, items)
     if exhausted:
         return _all_evaluated(request, sampler, source, False, key)
@@ -251,16 +251,13 @@ def _compare_threads(request: Request, sampler: Sampler, source: Iterator[Any]) 
     with neighbours whatever the cost does along the input. None when the input ran
     out. Skipped (1.0) when even one pair would not fit in the sampling budget.
     """
-    from threadpoolctl import threadpool_limits
-
     probe_s = _probe_s(sampler)
     n_items = request.n_items if request.n_items is not None else STREAM_ASSUMED_ITEMS
     budget = min(SAMPLE_BUDGET_S, SAMPLE_SHARE * n_items * probe_s)
     pairs = min(LIMITED_PAIRS, int(budget / (2 * probe_s))) if probe_s > 0 else LIMITED_PAIRS
     first = len(sampler.times)
     for index in range(2 * pairs):
-        context = threadpool_limits(limits=1) if index % 2 == 0 else contextlib.nullcontext()
-        with context:
+        with one_native_thread() if index % 2 == 0 else contextlib.nullcontext():
             if sampler.run(source, max_items=1, budget_s=0.0):
                 return None
     alternated = sampler.times[first:]
@@ -378,15 +375,24 @@ def native_threads() -> int:
         return 1
 
 
-def _as_workers_run(request: Request) -> contextlib.AbstractContextManager[object]:
-    """Native thread pools limited as in a worker of a plan using every CPU (the
-    probe before it timed the serial loop with the caller's own setting)."""
-    if request.cluster is not None or native_threads() <= 1:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+@contextlib.contextmanager
+def one_native_thread() -> Iterator[None]:
+    """Native thread pools limited to one thread, as in a worker of a plan using every
+    CPU, and restored on the way out, whatever the function raised. threadpoolctl
+    applies a limit when it is made, so it is made here, on entering. A library
+    that cannot be limited leaves the pools as they are."""
+    try:
+        from threadpoolctl import threadpool_limits
 
-    limits: contextlib.AbstractContextManager[object] = threadpool_limits(limits=1)
-    return limits
+        limits = threadpool_limits(limits=1)
+    except Exception:  # noqa: BLE001 - an odd native library must not stop planning
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            limits.restore_original_limits()
 
 
 def _sample(request: Request, sampler: Sampler, source: Iterator[Any], items: Sequence[Any] | None) -> bool:

@@ -34,3 +34,10 @@ def heavy_numpy(x: int) -> float:
 def blas_threads_light(x: int) -> tuple[int, int]:
     """This process's BLAS thread count and pid; planned (sampled) but always run here."""
     return blas_threads_here(), os.getpid()
+
+
+@auto_parallel(max_workers=1)
+def blas_threads_failing(x: int) -> int:
+    """Fails on item 20: while the planner compares thread counts."""
+    blas_threads_here()
+    return 1 // (x - 20)

@@ -77,3 +77,16 @@ def test_a_thread_speedup_is_believed_only_for_clear_cpu_work() -> None:
     assert _thread_speedup([1e-6] * 3, [2e-6] * 3, 1.0) == 1.0, "too short to time"
     assert _thread_speedup([1e-3] * 3, [2e-3] * 3, 1.0) == min(2.0, native_threads())
     assert _thread_speedup([1e-3] * 3, [9e-3] * 3, 1.0) <= max(1.0, native_threads()), "never above the thread count"
+
+
+def test_the_callers_threads_are_restored_when_sampling_stops_early() -> None:
+    """An input that runs out while the thread counts are compared, or a function
+    that raises then, leaves the caller's native pools as they were."""
+    parent_threads = numeric.blas_threads_here()
+    if parent_threads < 2:
+        pytest.skip("the caller's BLAS runs one thread: nothing to limit")
+    assert len(numeric.blas_threads_light.map(list(range(20)))) == 20
+    assert numeric.blas_threads_here() == parent_threads
+    with pytest.raises(ZeroDivisionError):
+        numeric.blas_threads_failing.map(list(range(200)))
+    assert numeric.blas_threads_here() == parent_threads
