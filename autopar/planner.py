@@ -35,7 +35,7 @@ from .sampling import Sampler
 from .serialization import pickle_problem
 from .store import PlanStore
 from .system import NATIVE_POOL_MODULES, THREAD_VARS, SystemInfo, current_system
-from .worker_setup import WithSetup
+from .worker_setup import find_setup
 from .workload import hint_key, key_time_bucket, plan_key, plan_prefix, size_bucket, time_bucket
 
 __all__ = [
@@ -218,7 +218,11 @@ def make_plan(
     )  # fmt: skip
     sampler = Sampler(func)
     # Per-worker setup runs here before any item is timed: it is not an item's cost.
-    setup_s = func.prepare() if isinstance(func, WithSetup) else 0.0
+    with_setup = find_setup(func)
+    try:
+        setup_s = with_setup.prepare() if with_setup is not None else 0.0
+    except Exception:  # noqa: BLE001 - the items that need it raise it, as the call's policy says
+        setup_s = 0.0
     if setup_s:
         request = replace(request, setup_s=setup_s)
     skipped = _skip_probe(request, sampler, source)

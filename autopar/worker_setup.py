@@ -8,8 +8,10 @@ plan), so a changed global is seen by the next call, as everywhere in autopar; i
 worker, once for as long as the worker serves the same state (a warm pool whose
 caller's state changed is replaced, see :mod:`autopar.state`).
 
-A setup that raises fails the items of that worker with its exception, named as
-the setup's: never the endless respawning of a ``Pool`` initializer that raises.
+A setup that raises fails the item that needed it with its exception, named as the
+setup's (the map stops there, unless ``on_error="return"``), and is tried again by
+the next item: never the endless respawning of a ``Pool`` initializer that raises,
+and never a failure remembered by a warm worker.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from typing import Any
 from .notes import add_note
 from .system import on_fork_in_child
 
-__all__ = ["WithSetup", "forget_setup", "setup_digest", "setup_name"]
+__all__ = ["WithSetup", "find_setup", "forget_setup", "setup_digest", "setup_name"]
 
 _lock = threading.RLock()
-#: Per process: setup's result (or its exception) by the setup callable's id, with
+#: Per process: setup's result by the setup callable's id, with
 #: the callable kept so the id is never reused while its value is.
-_values: dict[int, tuple[Callable[[], Any], bool, Any]] = {}
+_values: dict[int, tuple[Callable[[], Any], Any]] = {}
 
 
 def setup_digest(digest: str, setup: Callable[[], Any]) -> str:
@@ -68,23 +70,24 @@ class WithSetup(functools.partial):  # type: ignore[type-arg]
         if entry is None:
             self.prepare()
             entry = _values[id(self.setup)]
-        _, ok, value = entry
-        if not ok:
-            raise value
-        return self.func(value, *args)
+        return self.func(entry[1], *args)
 
     def prepare(self) -> float:
-        """Run setup here unless it already ran; the seconds it took (0 when it had)."""
+        """Run setup here unless it already ran; the seconds it took (0 when it had).
+
+        A setup that raises is not remembered: the next item tries again (a database
+        that was down may be up), so a warm worker never serves a stale failure.
+        """
         setup = self.setup
         with _lock:
             if id(setup) in _values:
                 return 0.0
             began = time.perf_counter()
             try:
-                _values[id(setup)] = (setup, True, setup())
-            except Exception as exc:  # noqa: BLE001 - kept, and raised for every item of this process
+                _values[id(setup)] = (setup, setup())
+            except Exception as exc:
                 add_note(exc, f"autopar: raised by the setup function {setup_name(setup)}, run once per worker")
-                _values[id(setup)] = (setup, False, exc)
+                raise
             return time.perf_counter() - began
 
     def forget(self) -> None:
@@ -99,15 +102,23 @@ class WithSetup(functools.partial):  # type: ignore[type-arg]
         return f"WithSetup({self.setup!r}, {self.func!r})"
 
 
-def forget_setup(func: Callable[..., Any]) -> None:
-    """Drop this process's setup result for ``func`` (a :class:`WithSetup`, possibly
-    inside other wrappers: ``starmap``'s, ``on_error``'s)."""
-    seen = 0
-    while isinstance(func, functools.partial) and seen < 8:
+def find_setup(func: Callable[..., Any]) -> WithSetup | None:
+    """The :class:`WithSetup` in ``func``, possibly inside other wrappers (``starmap``'s,
+    ``on_error``'s), or None."""
+    for _ in range(8):
         if isinstance(func, WithSetup):
-            func.forget()
-            return
-        func, seen = func.func, seen + 1
+            return func
+        if not isinstance(func, functools.partial):
+            return None
+        func = func.func
+    return None
+
+
+def forget_setup(func: Callable[..., Any]) -> None:
+    """Drop this process's setup result for ``func`` (see :func:`find_setup`)."""
+    found = find_setup(func)
+    if found is not None:
+        found.forget()
 
 
 def _forget_in_child() -> None:

@@ -49,3 +49,13 @@ def scale_pair(factor: int, a: int, b: int) -> int:
 def scaled_setup_user(factor: int) -> int:
     """Takes the setup's result but no item: cannot be mapped."""
     return factor
+
+#: While this file exists, :func:`flaky_setup`'s "database" is down: state outside
+#: the program, which no token can see (a warm pool is reused across the change).
+DOWN_FILE = f"/tmp/autopar-test-database-down-{os.getuid()}"
+
+
+def flaky_setup() -> str:
+    if os.path.exists(DOWN_FILE):
+        raise ConnectionError("database is down")
+    return "connection"

@@ -99,3 +99,21 @@ def test_setup_must_be_callable() -> None:
 
 
 scaled_pair = auto_parallel(setup_helpers.scale_pair, setup=setup_helpers.scaled_setup)
+
+
+def test_a_failed_setup_is_tried_again_not_remembered(start_method: str) -> None:
+    """on_error="return" keeps the pool warm after setup failed; once the outside world
+    is fixed, the next call must not get the old failure from warm workers."""
+    from pathlib import Path
+
+    down = Path(setup_helpers.DOWN_FILE)
+    down.touch()
+    try:
+        flaky = auto_parallel(setup_helpers.use, setup=setup_helpers.flaky_setup, on_error="return")
+        first = flaky.map(list(range(20)), n_jobs=2, chunksize=2)
+        assert all(isinstance(r, ConnectionError) for r in first)
+        pools = WarmPools.idle()
+    finally:
+        down.unlink()
+    assert flaky.map(list(range(20)), n_jobs=2, chunksize=2) == list(range(20))
+    assert WarmPools.idle() == pools, "the same warm workers: they tried setup again"
