@@ -316,7 +316,14 @@ class Call:
         item_s = record.busy_s / record.n_items
         n_run, wall_s = record.n_items, record.wall_s
         ship, warm = self.ship_problem, self.target.warm()
-        if learn(planned, self.name, store, n_run=n_run, wall_s=wall_s, item_s=item_s, ship_problem=ship, warm=warm):
+        try:
+            learned = learn(
+                planned, self.name, store, n_run=n_run, wall_s=wall_s, item_s=item_s, ship_problem=ship, warm=warm
+            )
+        except Exception:  # the results are done: learning must never lose them
+            logger.debug("autopar: learning from a run of %s failed", self.name, exc_info=True)
+            return
+        if learned:
             self.learned()
 
     # -- imap -----------------------------------------------------------------------
@@ -411,7 +418,12 @@ class Call:
             check_at *= 2
             seen = index - offset
             workload = Workload.from_record(planned.workload or {}, n_items=seen, item_s=elapsed / seen)
-            decision, _ = decide(dataclasses.replace(request, n_items=seen, warm=self.target.warm), workload)
+            try:
+                decision, _ = decide(dataclasses.replace(request, n_items=seen, warm=self.target.warm), workload)
+            except Exception:  # the stream goes on here, as planned
+                logger.debug("autopar: weighing workers for a stream of %s failed", self.name, exc_info=True)
+                request = None  # the rest of the stream runs here, as planned
+                continue
             if decision.executor == "process":
                 logger.info(
                     "autopar: %s: a stream of unknown length goes to %d workers after %d items (%s each): %s",

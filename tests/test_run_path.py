@@ -6,6 +6,7 @@ import pytest
 
 from autopar.plan import serial_plan
 from autopar.run import resolve
+from tests import workloads
 from tests.faults import stateful
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,3 +39,25 @@ def test_resolve_says_whether_a_run_is_the_plan() -> None:
     run = resolve(serial, n_jobs=2, chunksize=None, cap=None, remaining=100)
     assert (run.executor, run.n_jobs, run.chunksize, run.as_planned) == ("process", 2, 13, False)
     assert resolve(serial, n_jobs=1, chunksize=None, cap=None, remaining=100).executor == "serial"
+
+
+def test_a_failure_while_learning_never_loses_the_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autopar.run
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(autopar.run, "learn", broken)
+    items = list(range(300))
+    assert [v for v, _ in workloads.heavy.map(items)] == [2 * x for x in items]
+
+
+def test_a_failure_while_weighing_workers_for_a_stream_keeps_it_running_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autopar.run
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(autopar.run, "decide", broken)
+    results = list(workloads.tiny_pid.imap(x for x in range(200_000)))
+    assert [x for x, _ in results] == list(range(200_000))
