@@ -426,8 +426,8 @@ def _sample_spread(request: Request, sampler: Sampler, items: Sequence[Any], n_i
     average item is at most :data:`SAMPLE_SHARE` of the run.
     """
     positions = spread_positions(len(sampler.items), n_items)
-    if n_items * SAMPLE_SHARE >= 1:
-        sampler.run_at(items, positions, max_items=1, budget_s=0.0)
+    if n_items * SAMPLE_SHARE >= 1 and sampler.run_at(items, positions, max_items=1, budget_s=0.0):
+        return
     while len(sampler.items) + len(sampler.spread_times) < SAMPLE_MAX_ITEMS:
         estimated_total = n_items * sampler.estimate_s(n_items)
         budget = min(SAMPLE_BUDGET_S, SAMPLE_SHARE * estimated_total) - sampler.elapsed_s

@@ -240,7 +240,8 @@ class Call:
         else:
             planned = self.plan(iter(items), len(items), items=items)
             done = planned.sampler.results
-            skip = sorted(planned.sampler.scattered)
+            failed = planned.sampler.failed
+            skip = sorted([*planned.sampler.scattered, *([failed[0]] if failed is not None else [])])
             remaining = len(items) - len(done) - len(skip)
             execution = resolve(
                 planned.plan, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=remaining
@@ -248,6 +249,8 @@ class Call:
             if tick is not None:
                 tick(len(done) + len(skip))
         results, record = self._run(items, len(done), execution, tick, skip)
+        if planned is not None and planned.sampler.failed is not None:
+            raise planned.sampler.failed[1]  # no earlier item raised: now it is this one's turn
         if planned is not None:
             self._learn(planned, record)
             for position, value in planned.sampler.scattered.items():

@@ -189,6 +189,8 @@ class Sampler:
         """Results of items sampled across the input, by position (after the prefix)."""
         self.spread_times: list[float] = []
         self._spread_items: list[Any] = []
+        self.failed: tuple[int, Exception] | None = None
+        """An item sampled across the input that raised, and its exception (not raised yet)."""
         self._cpu = 0.0
         self._wall = 0.0
         self._runnable = 0.0
@@ -244,6 +246,11 @@ class Sampler:
                 source(), self._spread_items, results, self.spread_times, max_items=max_items, budget_s=budget_s,
                 positions=chosen,
             )
+        except Exception as exc:  # noqa: BLE001 - raised later, in the input's order
+            # Kept for the run to raise when it reaches this item's turn: an earlier
+            # item's exception comes first, as in a serial loop.
+            self.failed = (chosen[-1], exc)
+            return True
         finally:
             self.scattered.update(zip(chosen, results, strict=False))
         return exhausted

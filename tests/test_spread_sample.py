@@ -97,3 +97,18 @@ def test_a_failure_in_an_item_sampled_across_the_input_names_it() -> None:
     failed = int(str(info.value).split()[-1])
     assert failed >= 100
     assert f"item {failed}: {failed}" in "\n".join(info.value.__notes__)
+
+
+def _fails_from_300(x: int) -> int:
+    if x >= 300:
+        raise ValueError(f"bad {x}")
+    return x
+
+
+def test_the_first_failing_item_in_order_is_the_one_raised() -> None:
+    """The sample reaches a failing item past the middle first; a serial loop would
+    raise item 300's exception, and so does the map."""
+    func = auto_parallel(functools.partial(_fails_from_300))
+    with pytest.raises(ValueError, match=r"bad 300\b") as info:
+        func.map(list(range(1000)))
+    assert "item 300: 300" in "\n".join(info.value.__notes__)
