@@ -31,6 +31,7 @@ __all__ = [
     "memory_needed",
     "predict_parallel",
     "worker_limit",
+    "prelude",
     "prior_costs",
     "start_cost",
 ]
@@ -218,16 +219,22 @@ def _finite(value: float, default: float = 0.0) -> float:
     return value if math.isfinite(value) and value >= 0 else default
 
 
-def start_cost(costs: Costs, n_jobs: int, warm: int = 0, load_bytes: float = 0.0, setup_s: float = 0.0) -> float:
-    """Seconds to start ``n_jobs`` workers, each reading ``load_bytes`` of function and
-    running ``setup_s`` of setup once: none when a pool of that size is warm."""
+def start_cost(costs: Costs, n_jobs: int, warm: int = 0) -> float:
+    """Seconds the parent spends starting ``n_jobs`` workers: none when a pool of that
+    size is warm."""
+    return 0.0 if warm == n_jobs else n_jobs * costs.worker_start_s
+
+
+def prelude(w: Workload, costs: Costs, n_jobs: int, warm: int = 0) -> float:
+    """Seconds each new worker spends before its first item, all of them at once:
+    reading the function it is sent once, and running its setup."""
     if warm == n_jobs:
         return 0.0
-    return n_jobs * (costs.worker_start_s + _finite(load_bytes) * costs.byte_s + _finite(setup_s))
+    return _finite(w.worker_load_bytes) * costs.byte_s + _finite(w.worker_setup_s)
 
 
 def _start(w: Workload, costs: Costs, n_jobs: int, warm: int) -> float:
-    return start_cost(costs, n_jobs, warm, w.worker_load_bytes, w.worker_setup_s)
+    return start_cost(costs, n_jobs, warm)
 
 
 def predict_parallel(w: Workload, costs: Costs, n_jobs: int, chunksize: int, cores: int, warm: int = 0) -> float:
@@ -256,11 +263,15 @@ def predict_parallel(w: Workload, costs: Costs, n_jobs: int, chunksize: int, cor
     else:
         busiest = rounds * chunk_time + (rest * per_item_worker + chunk_s if rest else 0.0)
     busiest += VARIANCE_Z * cv * t * math.sqrt(chunksize)
+    # Every new worker reads the function and runs its setup before its first item,
+    # concurrently with the others: the busiest worker waits for its own once.
+    first = prelude(w, costs, n_jobs, warm)
+    busiest += first
     parent_busy = n_items * (half_pickle + transfer) + n_chunks * chunk_s
     cpu_fraction = min(1.0, _finite(w.cpu_fraction, 1.0))
     # ``byte_s`` is measured per byte and direction with both ends' work in it (the
     # parent waits while a payload goes there and back), so transfer counts once.
-    cpu_total = n_items * (t * cpu_fraction + 2 * half_pickle + transfer) + 2 * n_chunks * chunk_s
+    cpu_total = n_items * (t * cpu_fraction + 2 * half_pickle + transfer) + 2 * n_chunks * chunk_s + n_jobs * first
     run = max(busiest, parent_busy, cpu_total / max(1, cores))
     return _start(w, costs, n_jobs, warm) + run
 

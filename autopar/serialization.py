@@ -114,7 +114,8 @@ class Shipment:
 
     @property
     def once_bytes(self) -> int:
-        """Bytes of the function each worker reads once (a deposit), else 0."""
+        """Bytes of the function each worker reads once (a deposit's pickle; its large
+        buffers are mapped, not read), else 0."""
         return self.size
 
     def deposited(self) -> Deposit:
@@ -148,8 +149,9 @@ class Shipment:
             digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
             return cls(func, blob, digest, key, token, keep)
         data, buffers = _pickle_large(func)
-        size = len(data) + sum(buffer.raw().nbytes for buffer in buffers)
-        return cls(func, b"", digest_of(data, buffers), key, token, keep, size)
+        # Workers read the pickle itself; its large buffers they map, and pay for
+        # only the pages they touch.
+        return cls(func, b"", digest_of(data, buffers), key, token, keep, max(1, len(data)))
 
 
 _deposit_lock = threading.Lock()

@@ -40,59 +40,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 import autopar
-from benchmarks.suite import _spin
+from benchmarks.porting_work import (
+    ITEMS,
+    TABLE_FLOATS,
+    load_model,
+    predict,
+    predict_global,
+    predict_lazy,
+    set_table,
+    work,
+    work_global,
+)
+from benchmarks.porting_work import init_model as _init_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ITEMS = 400
-TABLE_FLOATS = 5 * 2**20  # 40 MiB of float64
-SETUP_S = 0.3
-
-_TABLE: Any = None
-_MODEL: Any = None
-
-
-def work(x: int, table: Any) -> float:
-    """~1 ms of CPU, reading a few entries of a large table."""
-    _spin(0.001)
-    return float(table[(x * 7919) % len(table)])
-
-
-def work_global(x: int) -> float:
-    return work(x, _TABLE)
-
-
-def _set_table(table: Any) -> None:
-    global _TABLE
-    _TABLE = table
-
-
-def load_model() -> dict[str, Any]:
-    """A "model" that takes 0.3 s of CPU to load."""
-    _spin(SETUP_S)
-    return {"weight": 3}
-
-
-def predict(model: dict[str, Any], x: int) -> int:
-    _spin(0.002)
-    return x * model["weight"]
-
-
-def _init_model() -> None:
-    global _MODEL
-    _MODEL = load_model()
-
-
-def predict_global(x: int) -> int:
-    return predict(_MODEL, x)
-
-
-def predict_lazy(x: int) -> int:
-    """What joblib users write: load on first use in each (reused) worker."""
-    global _MODEL
-    if _MODEL is None:
-        _MODEL = load_model()
-    return predict(_MODEL, x)
-
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
@@ -115,7 +76,7 @@ def large_constant(repeat: int) -> dict[str, Any]:
     methods: dict[str, Callable[[], Any]] = {
         "serial": lambda: [work(x, table) for x in items],
         "pool_partial": lambda: _pool(fixed, items),
-        "pool_initializer": lambda: _pool(work_global, items, initializer=_set_table, initargs=(table,)),
+        "pool_initializer": lambda: _pool(work_global, items, initializer=set_table, initargs=(table,)),
         "joblib": lambda: joblib.Parallel(n_jobs=-1)(joblib.delayed(work)(x, table) for x in items),
     }
     return _run("large_constant", methods, expected, lambda: autopar.auto_parallel(fixed), items, repeat)
@@ -133,8 +94,6 @@ def per_worker_setup(repeat: int) -> dict[str, Any]:
         return [predict(loaded, x) for x in items]
 
     def lazy_joblib() -> list[int]:
-        global _MODEL
-        _MODEL = None  # the caller's copy is not the workers': they load their own
         return joblib.Parallel(n_jobs=-1)(joblib.delayed(predict_lazy)(x) for x in items)
 
     methods: dict[str, Callable[[], Any]] = {

@@ -61,7 +61,10 @@ def test_a_function_read_once_per_worker_costs_each_worker_its_bytes() -> None:
     plain = Workload(n_items=1000, item_s=1e-3)
     heavy = Workload(n_items=1000, item_s=1e-3, worker_load_bytes=80e6)
     extra = predict_parallel(heavy, costs, 2, 10, 2) - predict_parallel(plain, costs, 2, 10, 2)
-    assert extra == pytest.approx(2 * 80e6 * costs.byte_s)
+    assert extra == pytest.approx(80e6 * costs.byte_s), "the workers read it at the same time"
+    slow_setup = Workload(n_items=1000, item_s=1e-3, worker_setup_s=0.3)
+    extra = predict_parallel(slow_setup, costs, 2, 10, 2) - predict_parallel(plain, costs, 2, 10, 2)
+    assert extra == pytest.approx(0.3), "each worker sets up once, all at once"
     assert predict_parallel(heavy, costs, 2, 10, 2, warm=2) == predict_parallel(plain, costs, 2, 10, 2, warm=2)
 
 
