@@ -729,7 +729,7 @@ def auto_parallel(
     ``on_error`` is what a call does when the function raises for an item:
     ``"raise"`` (the default) or ``"return"`` (the exception takes the item's place
     in the results); ``.map(on_error=...)`` overrides it. ``setup`` runs once in each
-    worker process (and once per call here when items run here), and its result is
+    worker process (and once here when items run here), and its result is
     the function's first argument in maps: ``@auto_parallel(setup=load_model)`` on
     ``def predict(model, x)``; called directly, the function is itself.
 

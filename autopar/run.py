@@ -28,7 +28,7 @@ from .sampling import runnable_seconds
 from .serialization import Shipment
 from .store import get_store
 from .system import in_worker, usable_cpus
-from .worker_setup import forget_setup
+from .worker_setup import refresh_setup
 
 __all__ = ["IN_WORKER", "Call", "Execution", "RunRecord", "Target", "as_sequence", "iterate", "resolve"]
 
@@ -202,9 +202,9 @@ class Call:
         return planned
 
     def _begin(self) -> None:
-        """A new call: per-worker setup runs again here (what it reads may have changed)."""
+        """A new call: per-worker setup runs again here if what it reads changed."""
         if isinstance(self.func, functools.partial) and not in_worker():
-            forget_setup(self.func)
+            refresh_setup(self.func)
 
     def _ship_bytes(self) -> tuple[int, int]:
         """Bytes of the function sent with every chunk, and read once by each worker."""

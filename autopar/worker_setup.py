@@ -3,10 +3,11 @@
 ``@auto_parallel(setup=load_model)`` on ``def predict(model, item)`` runs
 ``load_model()`` once in each worker and hands its result to every call there:
 :class:`WithSetup` is what the workers (and the caller's own loop) call. In the
-caller, setup runs once per call that evaluates items here (sampling, a serial
-plan), so a changed global is seen by the next call, as everywhere in autopar; in a
-worker, once for as long as the worker serves the same state (a warm pool whose
-caller's state changed is replaced, see :mod:`autopar.state`).
+caller, setup runs when items are first evaluated here (sampling, a serial plan)
+and its result is kept while what setup reads is unchanged, so a changed global is seen by
+the next call, as everywhere in autopar; in a worker, once for as long as the worker
+serves the same state (a warm pool whose caller's state changed is replaced, see
+:mod:`autopar.state`).
 
 A setup that raises fails the item that needed it with its exception, named as the
 setup's (the map stops there, unless ``on_error="return"``), and is tried again by
@@ -24,14 +25,17 @@ from collections.abc import Callable
 from typing import Any
 
 from .notes import add_note
+from .state import state_token
 from .system import on_fork_in_child
 
-__all__ = ["WithSetup", "find_setup", "forget_setup", "setup_digest", "setup_name"]
+__all__ = ["WithSetup", "find_setup", "refresh_setup", "setup_digest", "setup_name"]
 
 _lock = threading.RLock()
 #: Per process: setup's result by the setup callable's id, with
 #: the callable kept so the id is never reused while its value is.
 _values: dict[int, tuple[Callable[[], Any], Any]] = {}
+#: In the caller: the state token of what each setup read when it ran (by its id).
+_tokens: dict[int, Any] = {}
 
 
 def setup_digest(digest: str, setup: Callable[[], Any]) -> str:
@@ -91,9 +95,19 @@ class WithSetup(functools.partial):  # type: ignore[type-arg]
             return time.perf_counter() - began
 
     def forget(self) -> None:
-        """Drop this process's result of setup: the caller runs it again at its next call."""
+        """Drop this process's result of setup: it runs again when next needed."""
         with _lock:
             _values.pop(id(self.setup), None)
+            _tokens.pop(id(self.setup), None)
+
+    def refresh(self) -> None:
+        """At a call here: keep setup's result while what setup reads is unchanged (a
+        model loaded once serves every serial call), drop it when it changed."""
+        token, _ = state_token(self.setup)
+        with _lock:
+            if _tokens.get(id(self.setup)) != token:
+                _values.pop(id(self.setup), None)
+                _tokens[id(self.setup)] = token
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.setup, self.func))
@@ -114,17 +128,19 @@ def find_setup(func: Callable[..., Any]) -> WithSetup | None:
     return None
 
 
-def forget_setup(func: Callable[..., Any]) -> None:
-    """Drop this process's setup result for ``func`` (see :func:`find_setup`)."""
+def refresh_setup(func: Callable[..., Any]) -> None:
+    """At a call here, drop ``func``'s setup result if what setup reads changed
+    (see :func:`find_setup` and :meth:`WithSetup.refresh`)."""
     found = find_setup(func)
     if found is not None:
-        found.forget()
+        found.refresh()
 
 
 def _forget_in_child() -> None:
     """A forked process runs setup itself: a connection or a file handle shared with
     its parent would be used by two processes at once."""
     _values.clear()
+    _tokens.clear()
 
 
 on_fork_in_child(_forget_in_child)

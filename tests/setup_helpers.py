@@ -7,17 +7,25 @@ from typing import Any
 
 from tests.workloads import spin
 
-#: How many times setup ran in this process.
-RUNS = 0
+
+class _Counter:
+    """How many times setup ran in this process (an attribute: what setup reads by
+    name stays the same, so the count never makes it run again)."""
+
+    runs = 0
+
+
+COUNTER = _Counter()
 #: Read by :func:`scaled_setup`: a test changes it between calls.
 SCALE = 3
+#: Read by :func:`load_model`.
+WEIGHT = 3
 
 
 def load_model() -> dict[str, Any]:
     """A "model": which process loaded it, and how many loads this process has done."""
-    global RUNS
-    RUNS += 1
-    return {"pid": os.getpid(), "runs": RUNS, "weight": 3}
+    COUNTER.runs += 1
+    return {"pid": os.getpid(), "runs": COUNTER.runs, "weight": WEIGHT}
 
 
 def predict(model: dict[str, Any], x: int) -> tuple[int, int, int, int]:
