@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import mmap
 import os
 import pickle
@@ -138,14 +137,6 @@ def deposit(blob: bytes, buffers: list[pickle.PickleBuffer], owner: object) -> D
     made = Deposit(str(path), tuple(paths), size, os.getpid())
     weakref.finalize(owner, _remove, made)
     return made
-
-
-def digest_of(blob: bytes, buffers: list[pickle.PickleBuffer]) -> str:
-    """A digest of the pickle and its buffers (workers keep loaded functions by it)."""
-    hasher = hashlib.blake2b(blob, digest_size=16)
-    for buffer in buffers:
-        hasher.update(buffer.raw())
-    return hasher.hexdigest()
 
 
 def load(made: Deposit) -> Any:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import pickle
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .depot import INLINE_MAX, Deposit, deposit, digest_of, pickle_out_of_band, present
+from .depot import INLINE_MAX, Deposit, deposit, pickle_out_of_band, present
 
 __all__ = ["Shipment", "ShippedFunction", "dumps", "pickle_problem"]
 
@@ -50,11 +51,22 @@ class ShippedFunction:
     """
 
     def __init__(self, func: Callable[[Any], Any]) -> None:
-        import cloudpickle
-
         self.func = func
-        self.blob = bytes(cloudpickle.dumps(func, pickle.HIGHEST_PROTOCOL))
-        self.digest = hashlib.blake2b(self.blob, digest_size=16).hexdigest()
+        self._blob: bytes | None = None
+
+    @property
+    def blob(self) -> bytes:
+        """The function pickled by value, made when first asked for (a large one is
+        deposited instead, see :meth:`Shipment.of`, and never needs it)."""
+        if self._blob is None:
+            import cloudpickle
+
+            self._blob = bytes(cloudpickle.dumps(self.func, pickle.HIGHEST_PROTOCOL))
+        return self._blob
+
+    @property
+    def digest(self) -> str:
+        return hashlib.blake2b(self.blob, digest_size=16).hexdigest()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_load_shipped, (self.digest, self.blob))
@@ -144,14 +156,25 @@ class Shipment:
         (numpy constants), it is deposited once instead of riding every chunk.
         """
         keep = keep if keep is not None else []
+        if isinstance(func, ShippedFunction):  # by value: find out its size first
+            data, buffers = _pickle_large(func)
+            if buffers or len(data) > INLINE_MAX:
+                return cls._large(func, data, key, token, keep)
         blob = dumps(func)
-        if len(blob) <= INLINE_MAX:
-            digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
-            return cls(func, blob, digest, key, token, keep)
-        data, buffers = _pickle_large(func)
-        # Workers read the pickle itself; its large buffers they map, and pay for
-        # only the pages they touch.
-        return cls(func, b"", digest_of(data, buffers), key, token, keep, max(1, len(data)))
+        if len(blob) > INLINE_MAX:
+            data, _ = _pickle_large(func)
+            return cls._large(func, data, key, token, keep)
+        digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+        return cls(func, blob, digest, key, token, keep)
+
+    @classmethod
+    def _large(
+        cls, func: Callable[[Any], Any], data: bytes, key: str | None, token: tuple[Any, ...], keep: list[Any]
+    ) -> Shipment:
+        # Workers read the pickle itself; its large buffers they map, and pay only for
+        # the pages they touch. A new shipment is made only when what the function
+        # reads changed, so a fresh name serves as its digest (hashing 80 MB would not).
+        return cls(func, b"", uuid.uuid4().hex, key, token, keep, max(1, len(data)))
 
 
 _deposit_lock = threading.Lock()
