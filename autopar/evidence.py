@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -74,6 +75,8 @@ class Evidence:
 
     runs: Mapping[str, Runs] = field(default_factory=dict)
     trials: int = 0
+    last: float = 0.0
+    """When the last run was recorded (seconds since the epoch; 0: never)."""
 
     @classmethod
     def from_record(cls, obj: object) -> Evidence:
@@ -90,12 +93,17 @@ class Evidence:
                 if wall and len(wall) == len(busy):
                     runs[name] = Runs(wall, busy)
         trials = obj.get("trials")
-        return cls(runs, trials if type(trials) is int and 0 <= trials <= 1000 else 0)
+        last = obj.get("last")
+        when = 0.0
+        if isinstance(last, (int, float)) and not isinstance(last, bool) and 0 <= last <= time.time() + 60:
+            when = float(last)
+        return cls(runs, trials if type(trials) is int and 0 <= trials <= 1000 else 0, when)
 
     def to_record(self) -> dict[str, Any]:
         return {
             "runs": {name: {"wall": list(r.wall), "busy": list(r.busy)} for name, r in self.runs.items()},
             "trials": self.trials,
+            "last": self.last,
         }
 
     def add(self, config: str, wall_per_item: float, busy_per_item: float) -> Evidence:
@@ -106,7 +114,12 @@ class Evidence:
         while len(runs) > MAX_CONFIGS:
             fewest = min((n for n in runs if n != config), key=lambda n: runs[n].count)
             del runs[fewest]
-        return replace(self, runs=runs)
+        return replace(self, runs=runs, last=time.time())
+
+    def repeated(self, window_s: float) -> bool:
+        """True when the last run was recorded less than ``window_s`` ago: calls come
+        often enough that the next one finds the workers of this one still running."""
+        return self.last > 0 and 0 <= time.time() - self.last <= window_s
 
     def count(self, config: str) -> int:
         """Runs kept of ``config``."""

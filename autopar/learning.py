@@ -32,7 +32,7 @@ from .store import PlanStore
 from .system import current_system
 from .workload import costs_key
 
-__all__ = ["LEARN_MIN_S", "LEARN_RATIO", "MAX_TRIALS", "SWITCH_MARGIN", "Option", "learn", "tune"]
+__all__ = ["LEARN_MIN_S", "LEARN_RATIO", "MAX_TRIALS", "REPEAT_WINDOW_S", "SWITCH_MARGIN", "Option", "learn", "tune"]
 
 logger = logging.getLogger("autopar")
 
@@ -51,6 +51,10 @@ _CORRECTION_RANGE = (0.5, 4.0)
 #: Measured parallel runs this many times off their predictions (either way) have
 #: the machine's costs measured again.
 COSTS_DISAGREE = 2.0
+#: Runs of a plan this close together find the previous run's workers still warm
+#: (the warm pools' idle timeout, :data:`autopar.backends.warm.POOL_IDLE_TIMEOUT_S`):
+#: untried parallel configurations are then predicted without their start.
+REPEAT_WINDOW_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ def learn(
     current = config_name(plan.executor, plan.n_jobs, plan.chunksize)
     if evidence.settled(current, wall_s / n_run):
         return None
+    repeated = evidence.repeated(REPEAT_WINDOW_S)  # before this run is recorded
     evidence = evidence.add(current, wall_s / n_run, item_s)
     request = planned.request or Request(
         lambda x: x, name, "", None, options, store, current_system(options.start_method), None, ship_problem
@@ -131,7 +136,9 @@ def learn(
     decision, costs_dict = decide(request, workload)
     costs = Costs(**{k: v for k, v in costs_dict.items() if k != "measured"})
     cpus = request.system.usable_cpus
-    options_, correction = _options(evidence, workload, costs, decision.candidates, cpus, warm, current, n_items)
+    options_, correction = _options(
+        evidence, workload, costs, decision.candidates, cpus, warm, current, n_items, repeated=repeated
+    )
     if not 1 / COSTS_DISAGREE < correction < COSTS_DISAGREE and request.cluster is None:
         # Measured runs far from the model: the machine's costs may have been timed
         # in a busy moment. Measure them again at the next planning.
@@ -184,6 +191,8 @@ def _options(
     warm: int,
     current: str,
     n_items: int,
+    *,
+    repeated: bool = False,
 ) -> tuple[list[Option], float]:
     """Every configuration worth weighing: serial, the model's best per worker count,
     and every configuration with runs, each measured or predicted (corrected); and
@@ -199,7 +208,8 @@ def _options(
         if n_jobs == 1:
             predicted[config] = n_items * (w.serial_item_s or w.item_s)  # the caller's own threads
         else:
-            predicted[config] = predict_parallel(w, costs, n_jobs, chunksize, cpus, warm)
+            # Calls that come within a warm pool's life find its workers running.
+            predicted[config] = predict_parallel(w, costs, n_jobs, chunksize, cpus, n_jobs if repeated else warm)
     ratios = [
         n_items * measured / predicted[config]
         for config in evidence.runs

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from autopar import AutoParallel
 from autopar.evidence import MAX_RUNS, Evidence, config_name, parse_config
 from autopar.learning import MAX_TRIALS, SWITCH_MARGIN, Option, learn, tune
-from autopar.model import MIN_SPEEDUP
+from autopar.model import MIN_SPEEDUP, Workload
 from autopar.plan import Plan, PlanRecord, read_plan_record
 from autopar.planner import Options, Planned, make_plan
 from autopar.store import get_store
@@ -239,3 +239,35 @@ def test_one_slow_run_never_raises_the_measured_time(runs: list[float], outlier:
     assert before is not None
     assert after is not None
     assert after <= max(runs), "the lower median ignores one high value"
+
+
+def test_calls_close_together_count_on_warm_workers() -> None:
+    """A workload that only pays on workers that are already running: serial while
+    runs are far apart, parallel once they come within a warm pool's life."""
+    from autopar.model import Costs
+
+    costs = Costs(worker_start_s=0.2, chunk_s=60e-6, byte_s=1e-9, measured=True)
+    w = Workload(n_items=300, item_s=2e-3, cv=0.1, worker_setup_s=0.0)
+    evidence = Evidence().add("serial", 2e-3, 2e-3)
+    cold, _ = _options_of(evidence, w, costs, repeated=False)
+    warm, _ = _options_of(evidence, w, costs, repeated=True)
+    now = next(o for o in cold if o.config == "serial")
+    assert tune(now, cold, trials=0)[0].config == "serial", "cold: 0.4 s of start for a 0.6 s job"
+    assert tune(now, warm, trials=0)[0].config != "serial", "warm: the workers are running"
+
+
+def _options_of(evidence: Evidence, w: Workload, costs: object, *, repeated: bool) -> tuple[list[Option], float]:
+    from autopar.learning import _options
+    from autopar.model import choose_plan
+
+    decision = choose_plan(w, costs, usable_cpus=2)  # type: ignore[arg-type]
+    return _options(evidence, w, costs, decision.candidates, 2, 0, "serial", 300, repeated=repeated)  # type: ignore[arg-type]
+
+
+def test_evidence_remembers_when_it_last_ran() -> None:
+    evidence = Evidence().add("serial", 1e-3, 1e-3)
+    assert evidence.repeated(30.0)
+    again = Evidence.from_record(evidence.to_record())
+    assert again.last == pytest.approx(evidence.last)
+    assert not Evidence.from_record({**evidence.to_record(), "last": 1e12}).repeated(30.0), "from the future: ignored"
+    assert not Evidence.from_record({**evidence.to_record(), "last": 1.0}).repeated(30.0), "long ago"
