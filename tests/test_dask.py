@@ -41,7 +41,7 @@ from autopar.errors import (  # noqa: E402
     UnpicklableError,
     WorkerCrashedError,
 )
-from autopar.planner import SAMPLE_MAX_ITEMS  # noqa: E402
+from autopar.measuring import SAMPLE_MAX_ITEMS  # noqa: E402
 from tests import workloads  # noqa: E402
 from tests.conftest import worker_children  # noqa: E402
 

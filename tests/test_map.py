@@ -10,7 +10,7 @@ import pytest
 
 from autopar import NotIterableError, RemoteTraceback, UnpicklableError, auto_parallel
 from autopar.backends import process
-from autopar.planner import SAMPLE_MAX_ITEMS
+from autopar.measuring import SAMPLE_MAX_ITEMS
 from tests import workloads
 from tests.conftest import logged_items
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from autopar import auto_parallel
 from autopar.backends.chunks import chunk_slices
 from autopar.backends.serial import SerialBackend
-from autopar.planner import SAMPLE_MAX_ITEMS, spread_positions
+from autopar.measuring import SAMPLE_MAX_ITEMS, spread_positions
 from tests import workloads
 from tests.conftest import logged_items
 

@@ -70,7 +70,8 @@ def test_the_sample_times_native_work_as_a_worker_runs_it() -> None:
 
 
 def test_a_thread_speedup_is_believed_only_for_clear_cpu_work() -> None:
-    from autopar.planner import _thread_speedup, native_threads
+    from autopar.measuring import native_threads
+    from autopar.measuring import thread_speedup as _thread_speedup
 
     assert _thread_speedup([1e-3] * 3, [1.1e-3] * 3, 1.0) == 1.0, "within noise"
     assert _thread_speedup([1e-3] * 3, [2e-3] * 3, 0.1) == 1.0, "waiting work: threads do not matter"
