@@ -20,6 +20,7 @@ from .system import NATIVE_POOL_MODULES, THREAD_VARS
 
 __all__ = [
     "LIMITED_PAIRS",
+    "THREAD_TIMING_MIN_S",
     "SAMPLE_BUDGET_S",
     "SAMPLE_MAX_ITEMS",
     "SAMPLE_SHARE",
@@ -46,6 +47,9 @@ LIMITED_PAIRS = 3
 #: items differ by tens of percent on a busy machine).
 THREAD_TIMING_MIN_S = 20e-6
 THREAD_SPEEDUP_MIN = 1.3
+#: What limiting native threads and restoring them costs (threadpoolctl lists the
+#: loaded libraries each time): ~1 ms, counted against the sampling budget.
+_LIMIT_S = 1e-3
 
 def spread_positions(low: int, high: int) -> Iterator[int]:
     """Positions in ``low..high-1`` in an order that covers the range evenly at every
@@ -147,7 +151,7 @@ def compare_threads(n_items: int | None, sampler: Sampler, source: Iterator[Any]
     probe_s = sampler.median_s()
     n_items = n_items if n_items is not None else STREAM_ASSUMED_ITEMS
     budget = min(SAMPLE_BUDGET_S, SAMPLE_SHARE * n_items * probe_s)
-    pairs = min(LIMITED_PAIRS, int(budget / (2 * probe_s))) if probe_s > 0 else LIMITED_PAIRS
+    pairs = min(LIMITED_PAIRS, int(budget / (2 * (probe_s + _LIMIT_S))))
     first = len(sampler.times)
     for index in range(2 * pairs):
         with one_native_thread() if index % 2 == 0 else contextlib.nullcontext():

@@ -27,7 +27,7 @@ from . import measuring
 from .costs import load_or_measure_costs
 from .errors import AutoparWarning
 from .hints import forget_hints, read_hint, write_hint
-from .measuring import native_threads, one_native_thread
+from .measuring import THREAD_TIMING_MIN_S, native_threads, one_native_thread
 from .model import Costs, Decision, Workload, choose_plan, prior_costs
 from .plan import DEFAULT_TTL_S, Plan, plan_record, read_plan_record, serial_plan, stale_reason, stored_plan
 from .sampling import Sampler
@@ -219,7 +219,9 @@ def make_plan(
     found = _look_up(request, tbucket, sampler, source)
     if found is not None:
         return found
-    native = request.cluster is None and native_threads() > 1
+    # Threads matter only for items long enough to time (and comparing costs a few
+    # milliseconds of threadpoolctl calls): tiny items are never compared or limited.
+    native = request.cluster is None and _probe_s(sampler) >= THREAD_TIMING_MIN_S and native_threads() > 1
     speedup = 1.0
     if native:
         compared = measuring.compare_threads(request.n_items, sampler, source)
