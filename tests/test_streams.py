@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -17,20 +18,51 @@ def _stream(n: int):  # type: ignore[no-untyped-def]
     yield from range(n)
 
 
-def test_a_long_stream_moves_to_workers_and_loses_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    plan = workloads.tiny_pid.plan(_stream(20_000))
-    assert plan.executor == "serial", "planned as a short stream"
+def _planned_serial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the stream's own plan serial, whatever this machine's clock says.
+
+    The test is about the switch, so it controls the plan it switches from: on a
+    busy machine a sample of 2 us items can measure slow enough to plan workers
+    from the start, and then there is no switch to see. The switch itself is
+    decided by the real model (``autopar.run.decide``, not patched here).
+    """
+    import autopar.planner
+
+    real = autopar.planner.decide
+
+    def serial_first(request, workload):  # type: ignore[no-untyped-def]
+        decision, costs = real(request, workload)
+        serial = dataclasses.replace(
+            decision, executor="serial", n_jobs=1, chunksize=1, predicted_s=decision.serial_s,
+            reason="serial: planned so by the test",
+        )  # fmt: skip
+        return serial, costs
+
+    monkeypatch.setattr(autopar.planner, "decide", serial_first)
+
+
+def test_a_short_streams_plan_is_serial() -> None:
+    assert workloads.tiny_pid.plan(_stream(20_000)).executor == "serial"
+
+
+def test_a_long_stream_moves_to_workers_and_loses_nothing(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _planned_serial(monkeypatch)
     with caplog.at_level(logging.INFO, logger="autopar"):
         results = list(workloads.tiny_pid.imap(_stream(300_000)))
     assert [x for x, _ in results] == list(range(300_000)), "every item once, in order"
-    pids = {pid for _, pid in results}
-    assert pids - {os.getpid()}, "the rest of the stream ran on workers"
+    pids = [pid for _, pid in results]
+    assert pids[0] == os.getpid(), "the stream began here, as planned"
+    assert set(pids) - {os.getpid()}, "the rest of the stream ran on workers"
     assert any("goes to" in r.getMessage() and "workers after" in r.getMessage() for r in caplog.records)
 
 
-def test_unordered_streams_switch_too() -> None:
+def test_unordered_streams_switch_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    _planned_serial(monkeypatch)
     results = list(workloads.tiny_pid.imap(_stream(300_000), ordered=False))
     assert sorted(x for x, _ in results) == list(range(300_000))
+    assert {pid for _, pid in results} - {os.getpid()}, "the rest of the stream ran on workers"
 
 
 def test_a_short_stream_stays_here() -> None:
