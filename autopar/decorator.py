@@ -118,7 +118,7 @@ class AutoParallel(Generic[P, R]):
         start_method: str | None = None,
         use_cache: bool = True,
         ttl: float = DEFAULT_TTL_S,
-        backend: str = "process",
+        backend: str = "auto",
         on_error: str = "raise",
         setup: Callable[[], Any] | None = None,
     ) -> None:
@@ -410,10 +410,13 @@ class AutoParallel(Generic[P, R]):
         processes (one with ``n_jobs=1``), which are stopped when time runs out:
         :class:`~autopar.TaskTimeoutError` (a ``TimeoutError``) is raised. With
         ``backend="serial"`` or inside a worker, items run here and the timeout is
-        checked between items (a running item cannot be interrupted here).
+        checked between items (a running item cannot be interrupted here). With
+        ``backend="thread"`` the threads stop taking chunks, and an item already
+        running finishes in the background (a Python thread cannot be killed).
         ``progress=True`` draws a bar on stderr counting finished items.
-        ``backend`` (``"process"``, ``"dask"``, ``"serial"``) overrides the
-        decorator's; ``"dask"`` runs chunks on the active ``distributed.Client``.
+        ``backend`` (``"auto"``, ``"process"``, ``"thread"``, ``"dask"``,
+        ``"serial"``) overrides the decorator's; ``"dask"`` runs chunks on the
+        active ``distributed.Client``.
 
         ``on_error`` overrides the decorator's: ``"raise"`` (the default) raises the
         first exception the function raises, noted with its item; with ``"return"``
@@ -700,7 +703,7 @@ def auto_parallel(
     start_method: str | None = None,
     use_cache: bool = True,
     ttl: float = DEFAULT_TTL_S,
-    backend: str = "process",
+    backend: str = "auto",
     on_error: str = "raise",
     setup: Callable[[], Any] | None = None,
 ) -> Callable[[Callable[P, R]], AutoParallel[P, R]]: ...
@@ -715,7 +718,7 @@ def auto_parallel(
     start_method: str | None = None,
     use_cache: bool = True,
     ttl: float = DEFAULT_TTL_S,
-    backend: str = "process",
+    backend: str = "auto",
     on_error: str = "raise",
     setup: Callable[[], Any] | None = None,
 ) -> AutoParallel[P, R] | Callable[[Callable[P, R]], AutoParallel[P, R]]:
@@ -724,8 +727,11 @@ def auto_parallel(
     Use bare (``@auto_parallel``) or with keyword options
     (``@auto_parallel(max_workers=4)``). The function must be defined at module
     level for its items to run in worker processes. ``backend`` is where parallel
-    work runs by default: ``"process"`` (a local pool), ``"dask"`` (the active
-    ``distributed.Client``) or ``"serial"``; ``.map(backend=...)`` overrides it.
+    work runs by default: ``"auto"`` (worker processes, or threads in this process
+    when the sample measured that the work releases the GIL), ``"process"``
+    (processes only: for functions that are not thread-safe), ``"thread"``
+    (threads only), ``"dask"`` (the active ``distributed.Client``) or
+    ``"serial"``; ``.map(backend=...)`` overrides it.
     ``on_error`` is what a call does when the function raises for an item:
     ``"raise"`` (the default) or ``"return"`` (the exception takes the item's place
     in the results); ``.map(on_error=...)`` overrides it. ``setup`` runs once in each

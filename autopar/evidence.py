@@ -35,7 +35,8 @@ _MAX_PER_ITEM_S = 86_400.0
 
 
 def config_name(executor: str, n_jobs: int, chunksize: int) -> str:
-    """``serial``, or ``process:<workers>:<chunk size>``: a configuration's name in records."""
+    """``serial``, or ``process:<workers>:<chunk size>`` (``thread:...`` for threads):
+    a configuration's name in records."""
     return "serial" if executor == "serial" or n_jobs <= 1 else f"{executor}:{n_jobs}:{chunksize}"
 
 
@@ -44,10 +45,11 @@ def parse_config(name: str) -> tuple[str, int, int] | None:
     if name == "serial":
         return "serial", 1, 1
     parts = name.split(":")
-    if len(parts) != 3 or parts[0] != "process" or not parts[1].isdigit() or not parts[2].isdigit():
+    if len(parts) != 3 or parts[0] not in ("process", "thread") or not parts[1].isdigit() or not parts[2].isdigit():
         return None
     n_jobs, chunksize = int(parts[1]), int(parts[2])
-    return ("process", n_jobs, chunksize) if n_jobs >= 2 and chunksize >= 1 else None
+    executor = "thread" if parts[0] == "thread" else "process"
+    return (executor, n_jobs, chunksize) if n_jobs >= 2 and chunksize >= 1 else None
 
 
 def lower_median(values: tuple[float, ...]) -> float:

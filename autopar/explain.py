@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .backends import ProcessBackend, SerialBackend
+from .backends import ProcessBackend, SerialBackend, ThreadBackend
 from .backends.base import Sendable
+from .backends.thread import warm_threads
 from .evidence import Evidence, lower_median
 from .learning import describe
 from .model import format_seconds
@@ -29,6 +30,7 @@ from .planner import Options, make_plan
 from .serialization import Shipment, ShippedFunction, pickle_problem
 from .store import get_store
 from .system import default_start_method, usable_cpus
+from .thread_model import THREAD_SCALING_MIN, gil_enabled
 from .workload import function_identity, key_time_bucket
 
 __all__ = ["Explanation", "RunStats", "explain"]
@@ -84,8 +86,9 @@ class Explanation:
     def predicted_speedups(self) -> dict[int, float]:
         """Best predicted speedup for each worker count weighed (1 is the serial loop)."""
         speedups = {1: 1.0}
+        executor = self.plan.executor if self.plan.executor == "thread" else "process"
         for cand in self.profile.get("candidates", []):
-            if cand["predicted_s"] > 0:
+            if cand["predicted_s"] > 0 and cand.get("executor", "process") == executor:
                 speedups[cand["n_jobs"]] = self.serial_s / cand["predicted_s"]
         return speedups
 
@@ -138,13 +141,15 @@ class Explanation:
             f"machine costs ({method}, {'measured' if c['measured'] else 'built-in priors'}): worker start "
             f"{format_seconds(c['worker_start_s'])}, chunk round trip {format_seconds(c['chunk_s'])}, "
             f"{c['byte_s'] * 1e9:.2f} ns per byte",
+            _threads_line(self.profile),
             f"predictions (serial loop {format_seconds(self.serial_s)}):",
-            "  workers  chunksize    predicted   speedup",
+            "  executor  workers  chunksize    predicted   speedup",
         ]
         considered = sorted(self.profile.get("considered", []), key=lambda x: x["predicted_s"])
 
         def is_chosen(cand: dict[str, Any]) -> bool:
-            return p.executor == "process" and (cand["n_jobs"], cand["chunksize"]) == (p.n_jobs, p.chunksize)
+            same = (cand.get("executor", "process"), cand["n_jobs"], cand["chunksize"])
+            return p.executor in ("process", "thread") and same == (p.executor, p.n_jobs, p.chunksize)
 
         shown = considered[:_SHOWN_CANDIDATES]
         # The choice is the fewest workers within NEAR_BEST of the fastest: more than a
@@ -153,12 +158,14 @@ class Explanation:
         for cand in shown:
             speedup = self.serial_s / cand["predicted_s"] if cand["predicted_s"] > 0 else 0.0
             lines.append(
-                f"  {cand['n_jobs']:>7}  {cand['chunksize']:>9}  {format_seconds(cand['predicted_s']):>11}  "
+                f"  {_EXECUTOR_NAMES.get(cand.get('executor', 'process'), '?'):>8}  "
+                f"{cand['n_jobs']:>7}  {cand['chunksize']:>9}  {format_seconds(cand['predicted_s']):>11}  "
                 f"{speedup:>7.2f}x{'  <- chosen' if is_chosen(cand) else ''}"
             )
         if len(considered) > len(shown):
             lines.append(f"  ... {len(considered) - len(shown)} more in to_dict()")
-        choice = "serial" if p.executor == "serial" else f"{p.n_jobs} workers, chunks of {p.chunksize}"
+        unit = "threads" if p.executor == "thread" else "workers"
+        choice = "serial" if p.executor == "serial" else f"{p.n_jobs} {unit}, chunks of {p.chunksize}"
         lines += [f"decision: {choice}", f"why: {p.reason}"]
         for warning in p.warnings:
             lines.append(f"warning: {warning}")
@@ -171,7 +178,7 @@ class Explanation:
                     f"{format_seconds(runs['wall_per_item_s'])} per item (lower median)"
                 )
         if self.runs:
-            chosen_n = p.n_jobs if p.executor == "process" else 1
+            chosen_n = p.n_jobs if p.executor in ("process", "thread") else 1
             run = self.runs.get(chosen_n)
             lines.append("after real runs:")
             if run is not None:
@@ -222,7 +229,9 @@ class Explanation:
         return out
 
 
-def _timed_run(func: Callable[[Any], Any], send: Sendable, items: list[Any], n: int, c: int) -> RunStats:
+def _timed_run(
+    func: Callable[[Any], Any], send: Sendable, items: list[Any], n: int, c: int, executor: str = "process"
+) -> RunStats:
     if n == 1:
         t0 = time.perf_counter()
         SerialBackend().map(func, items)
@@ -230,7 +239,10 @@ def _timed_run(func: Callable[[Any], Any], send: Sendable, items: list[Any], n: 
         return RunStats(1, 1, wall, {os.getpid(): wall})
     busy: dict[int, float] = {}
     t0 = time.perf_counter()
-    ProcessBackend(default_start_method()).map(send, items, start=0, n_jobs=n, chunksize=c, busy=busy)
+    if executor == "thread":
+        ThreadBackend().map(func, items, start=0, n_jobs=n, chunksize=c, busy=busy)
+    else:
+        ProcessBackend(default_start_method()).map(send, items, start=0, n_jobs=n, chunksize=c, busy=busy)
     return RunStats(n, c, time.perf_counter() - t0, busy)
 
 
@@ -251,8 +263,10 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
         raw: Callable[[Any], Any] = values.func
         send = values.shipment() if values.ship_problem() is None else None
         options = replace(values.options, use_cache=False)
+        executors = values.target.executors
     else:
         raw, options = func, Options(use_cache=False)
+        executors = ("thread", "process")
         send = func if pickle_problem(func) is None else None
         if send is not None and not _importable(func):
             send = ShippedFunction(func)
@@ -262,6 +276,7 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
     planned = make_plan(
         raw, name, digest, iter(data), len(data), options, get_store(), profile=True, measure=measure, items=data,
         ship_bytes=None if shipped is None else (lambda: (shipped.chunk_bytes, shipped.once_bytes)),
+        executors=executors, warm_threads=warm_threads,
     )  # fmt: skip
     plan = planned.plan
     profile = plan.profile or {}
@@ -271,17 +286,38 @@ def explain(func: Callable[[Any], Any], items: Iterable[Any], *, run: bool = Fal
     if stored is not None:
         profile = {**profile, "stored": stored}
     report = Explanation(name, len(data), plan, profile)
-    if run and send is not None and profile.get("candidates") is not None:
-        best_chunk = {cand["n_jobs"]: cand["chunksize"] for cand in profile["candidates"]}
+    threads = plan.executor == "thread"
+    if run and (send is not None or threads) and profile.get("candidates") is not None:
+        executor = "thread" if threads else "process"
+        best_chunk = {
+            cand["n_jobs"]: cand["chunksize"]
+            for cand in profile["candidates"]
+            if cand.get("executor", "process") == executor
+        }
         # Every worker count up to the CPUs, and the chosen one: waiting work may be
         # planned on more workers than CPUs, and the report compares that plan's run.
         counts = set(range(2, min(usable_cpus(), len(data)) + 1))
-        if plan.executor == "process":
+        if plan.executor in ("process", "thread"):
             counts.add(plan.n_jobs)
-        report.runs[1] = _timed_run(raw, send, data, 1, 1)
+        report.runs[1] = _timed_run(raw, raw, data, 1, 1)
         for n in sorted(counts):
-            report.runs[n] = _timed_run(raw, send, data, n, best_chunk.get(n, max(1, len(data) // (4 * n))))
+            size = best_chunk.get(n, max(1, len(data) // (4 * n)))
+            report.runs[n] = _timed_run(raw, send if send is not None else raw, data, n, size, executor)
     return report
+
+
+#: How the predictions table names each executor.
+_EXECUTOR_NAMES = {"process": "process", "thread": "thread"}
+
+
+def _threads_line(profile: dict[str, Any]) -> str:
+    """What the two-thread measurement said, and whether this Python has a GIL."""
+    scaling = profile.get("thread_scaling")
+    build = "" if gil_enabled() else "; free-threaded Python, the GIL is off"
+    if scaling is None:
+        return f"threads: not measured (not allowed, or too little work to matter){build}"
+    verdict = "releases the GIL" if scaling >= THREAD_SCALING_MIN else "holds the GIL: threads are not weighed"
+    return f"threads: {scaling:.2f}x on 2 threads ({verdict}){build}"
 
 
 def _stored_evidence(key: str, options: Options) -> dict[str, Any] | None:
@@ -296,9 +332,7 @@ def _stored_evidence(key: str, options: Options) -> dict[str, Any] | None:
     else:
         return None
     evidence = Evidence.from_record(record.workload.get("evidence"))
-    runs = {
-        config: {"runs": r.count, "wall_per_item_s": lower_median(r.wall)} for config, r in evidence.runs.items()
-    }
+    runs = {config: {"runs": r.count, "wall_per_item_s": lower_median(r.wall)} for config, r in evidence.runs.items()}
     return {"reason": record.reason, "learned": record.learned, "evidence": runs, "trials": evidence.trials}
 
 

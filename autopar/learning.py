@@ -27,9 +27,10 @@ from dataclasses import dataclass, replace
 from .evidence import MIN_RUNS, Evidence, config_name, parse_config
 from .model import MIN_SPEEDUP, Costs, Workload, format_seconds, predict_parallel
 from .plan import Plan
-from .planner import HEAVY_ITEM_S, Planned, Request, decide, save
+from .planner import Planned, Request, decide, heavy_items, save
 from .store import PlanStore
 from .system import current_system
+from .thread_model import predict_threads
 from .workload import costs_key
 
 __all__ = ["LEARN_MIN_S", "LEARN_RATIO", "MAX_TRIALS", "REPEAT_WINDOW_S", "SWITCH_MARGIN", "Option", "learn", "tune"]
@@ -146,14 +147,14 @@ def learn(
     now = next(o for o in options_ if o.config == current)
     choice, trial = tune(now, options_, trials=evidence.trials)
     parsed = parse_config(choice.config)
-    if parsed is not None and parsed[0] != "serial" and ship_problem is not None and ship_problem() is not None:
+    if parsed is not None and parsed[0] == "process" and ship_problem is not None and ship_problem() is not None:
         choice, trial, parsed = now, False, parse_config(current)  # it cannot go to workers; it stays serial
     if trial:
         evidence = replace(evidence, trials=evidence.trials + 1)
     changed = choice.config != current
     new = _plan(plan, choice, trial, changed, options_, why_t, request.system.start_method) if changed else plan
     record = {**stored, "item_s": t, "evidence": evidence.to_record()}
-    heavy = new.executor == "process" and t >= HEAVY_ITEM_S
+    heavy = heavy_items(request, new.executor, t)
     save(request, planned.key, new, record, heavy=heavy)
     if changed:
         logger.debug("autopar: learned for %s: %s", planned.key, new.reason)
@@ -175,11 +176,12 @@ def _item_time(sampled_s: float, evidence: Evidence) -> tuple[float, str]:
 
 
 def describe(config: str) -> str:
-    """``serial`` or ``2 workers x 64``: a configuration as reasons name it."""
+    """``serial``, ``2 workers x 64`` or ``8 threads x 1``: a configuration as reasons name it."""
     parsed = parse_config(config)
     if parsed is None or parsed[0] == "serial":
         return config
-    return f"{parsed[1]} workers x {parsed[2]}"
+    unit = "threads" if parsed[0] == "thread" else "workers"
+    return f"{parsed[1]} {unit} x {parsed[2]}"
 
 
 def _options(
@@ -198,35 +200,43 @@ def _options(
     and every configuration with runs, each measured or predicted (corrected); and
     the correction: how far measured parallel runs were from their predictions."""
     configs = {"serial", current, *evidence.runs}
-    configs.update(config_name("process", c.n_jobs, c.chunksize) for c in candidates)  # type: ignore[attr-defined]
+    configs.update(
+        config_name(getattr(c, "executor", "process"), c.n_jobs, c.chunksize)  # type: ignore[attr-defined]
+        for c in candidates
+    )
     predicted: dict[str, float] = {}
+    executor_of: dict[str, str] = {}
     for config in configs:
         parsed = parse_config(config)
         if parsed is None:
             continue
-        _, n_jobs, chunksize = parsed
+        executor, n_jobs, chunksize = parsed
+        executor_of[config] = executor
         if n_jobs == 1:
             predicted[config] = n_items * (w.serial_item_s or w.item_s)  # the caller's own threads
+        elif executor == "thread":
+            predicted[config] = predict_threads(w, n_jobs, chunksize, cpus, n_jobs if repeated else 0)
         else:
             # Calls that come within a warm pool's life find its workers running.
             predicted[config] = predict_parallel(w, costs, n_jobs, chunksize, cpus, n_jobs if repeated else warm)
-    ratios = [
-        n_items * measured / predicted[config]
-        for config in evidence.runs
-        if config != "serial" and config in predicted and predicted[config] > 0
-        if (measured := evidence.measured(config)) is not None
-    ]
+    # How far the model was off, for each parallel executor on its own (threads and
+    # processes are predicted from different costs).
+    ratios: dict[str, list[float]] = {}
+    for config in evidence.runs:
+        measured = evidence.measured(config)
+        if config != "serial" and predicted.get(config, 0.0) > 0 and measured is not None:
+            ratios.setdefault(executor_of[config], []).append(n_items * measured / predicted[config])
     low, high = _CORRECTION_RANGE
-    observed = statistics.median(ratios) if ratios else 1.0
-    correction = min(high, max(low, observed))
+    observed_by = {executor: statistics.median(values) for executor, values in ratios.items()}
     out = []
     for config, prediction in predicted.items():
         measured = evidence.measured(config)
         if measured is not None:
             out.append(Option(config, n_items * measured, evidence.count(config)))
         else:
+            correction = min(high, max(low, observed_by.get(executor_of[config], 1.0)))
             out.append(Option(config, prediction * (correction if config != "serial" else 1.0), 0))
-    return out, observed
+    return out, observed_by.get("process", 1.0)
 
 
 def _plan(
@@ -237,7 +247,8 @@ def _plan(
     assert parsed is not None
     executor, n_jobs, chunksize = parsed
     serial = next((o for o in options if o.config == "serial"), None)
-    what = "serial" if executor == "serial" else f"{n_jobs} workers, chunks of {chunksize}"
+    unit = "threads" if executor == "thread" else "workers"
+    what = "serial" if executor == "serial" else f"{n_jobs} {unit}, chunks of {chunksize}"
     if choice.measured:
         backing = f"measured {format_seconds(choice.estimate_s)} over {choice.runs} runs"
     else:
@@ -251,7 +262,7 @@ def _plan(
     reason = f"{what}, learned from runs: {backing}"
     reason += "".join(f"; {part}" for part in (why_t, others) if part)
     return Plan(
-        executor="serial" if executor == "serial" else "process",
+        executor="serial" if executor == "serial" else executor,  # type: ignore[arg-type]
         n_jobs=n_jobs,
         chunksize=chunksize,
         estimated_speedup=1.0 if executor == "serial" else max(speedup, 0.0),

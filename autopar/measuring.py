@@ -8,15 +8,21 @@ sampling is part of the run, serialised, so its budget is a small share of it.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
+import math
 import os
 import statistics
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .model import IO_BOUND_CPU_FRACTION, STREAM_ASSUMED_ITEMS
-from .sampling import Sampler
-from .system import NATIVE_POOL_MODULES, THREAD_VARS
+from .notes import add_item_note
+from .sampling import Sampler, runnable_seconds
+from .system import NATIVE_POOL_MODULES, THREAD_VARS, mark_thread_worker
 
 __all__ = [
     "LIMITED_PAIRS",
@@ -29,8 +35,11 @@ __all__ = [
     "one_native_thread",
     "sample",
     "spread_positions",
+    "thread_scaling",
     "thread_speedup",
 ]
+
+logger = logging.getLogger("autopar")
 
 #: On a miss, sampling continues up to this many items in all...
 SAMPLE_MAX_ITEMS = 64
@@ -50,6 +59,18 @@ THREAD_SPEEDUP_MIN = 1.3
 #: What limiting native threads and restoring them costs (threadpoolctl lists the
 #: loaded libraries each time): ~1 ms, counted against the sampling budget.
 _LIMIT_S = 1e-3
+
+#: Threads are measured only when the serial run is estimated at least this long:
+#: below it they could save a few milliseconds at most, and measuring takes some.
+THREADS_WORTH_S = 20e-3
+#: Each of the two threads runs about this much work while scaling is measured
+#: (every result is kept): a virtual CPU left idle can take a millisecond to wake,
+#: which on a 1 ms window read as "holds the GIL" for zlib work (0.9x; 1.5-1.85x
+#: with 4-9 ms per thread on the same 2-core machine).
+SCALING_TARGET_S = 4e-3
+#: Items per thread at most (tiny items): enough for a steady wall time.
+SCALING_MAX_ITEMS = 256
+
 
 def spread_positions(low: int, high: int) -> Iterator[int]:
     """Positions in ``low..high-1`` in an order that covers the range evenly at every
@@ -129,7 +150,7 @@ def _sample_spread(sampler: Sampler, items: Sequence[Any], n_items: int) -> None
     The middle item is always evaluated once the input is long enough that one
     average item is at most :data:`SAMPLE_SHARE` of the run.
     """
-    positions = spread_positions(len(sampler.items), n_items)
+    positions = sampler.positions = spread_positions(len(sampler.items), n_items)
     if n_items * SAMPLE_SHARE >= 1 and sampler.run_at(items, positions, max_items=1, budget_s=0.0):
         return
     while len(sampler.items) + len(sampler.spread_times) < SAMPLE_MAX_ITEMS:
@@ -172,3 +193,181 @@ def thread_speedup(caller_times: list[float], worker_times: list[float], cpu_fra
     if speedup < THREAD_SPEEDUP_MIN or cpu_fraction < IO_BOUND_CPU_FRACTION:
         return 1.0  # timer and scheduler noise, or waiting work: threads do not matter
     return min(speedup, float(native_threads()))
+
+
+def thread_scaling(n_items: int | None, sampler: Sampler, source: Iterator[Any], items: Sequence[Any] | None) -> bool:
+    """Run the next items on two threads of this process at once; sets
+    ``sampler.thread_scaling`` to how much faster two threads ran them than one
+    would (~1 for work that holds the GIL, ~2 for work that releases it or waits).
+    Returns True when the input ran out.
+
+    No reference run is needed, so the items need not resemble each other: the
+    speedup is the items' overlap (their wall times summed, over the pair's wall
+    time). For CPU work it is at most the CPUs both threads used together (CPU
+    seconds per wall second): work that holds the GIL cannot use more than one,
+    whatever the clocks say, so a noisy reading never gives it threads. Noise only
+    lowers readings (a virtual CPU slow to wake, another process), so a reading
+    short of clear is taken again and the higher one kept.
+
+    With random access the items come from across the input, after the spread
+    sample's (their results kept by position; an exception is kept for its turn);
+    otherwise from the stream's prefix (an exception raised as a loop would).
+    """
+    readings: list[float] = []
+    exhausted = False
+    for _ in range(SCALING_READINGS):
+        reading, exhausted = _reading(n_items, sampler, source, items)
+        if reading is not None:
+            readings.append(reading)
+        if exhausted or reading is None or reading >= SCALING_CLEAR:
+            break
+    sampler.thread_scaling = max(readings) if readings else None
+    return exhausted
+
+
+#: Readings taken at most, and the speedup that needs no second one.
+SCALING_READINGS = 2
+SCALING_CLEAR = 1.6
+
+
+def _reading(
+    n_items: int | None, sampler: Sampler, source: Iterator[Any], items: Sequence[Any] | None
+) -> tuple[float | None, bool]:
+    """One two-thread run of the next items: its speedup, and whether the input ran out."""
+    per_item = sampler.median_s()
+    per_thread = max(1, min(SCALING_MAX_ITEMS, math.ceil(SCALING_TARGET_S / per_item) if per_item > 0 else 1))
+    positions = sampler.positions if items is not None else None
+    if positions is not None and items is not None:
+        chosen = list(itertools.islice(positions, 2 * per_thread))
+        batch = [items[p] for p in chosen]
+    else:
+        if n_items is not None:
+            per_thread = int(min(per_thread, (n_items - len(sampler.items)) // 2))
+        chosen = []
+        batch = list(itertools.islice(source, 2 * per_thread)) if per_thread >= 1 else []
+    if len(batch) < 2:
+        if chosen:
+            try:
+                sampler.keep_at(chosen, batch, _serially(sampler, batch, chosen))
+            except Exception as exc:  # noqa: BLE001 - raised in its turn, as run_at's are
+                if sampler.failed is None or chosen[0] < sampler.failed[0]:
+                    sampler.failed = (chosen[0], exc)
+                return None, True
+            return None, False
+        sampler.keep(batch, _serially(sampler, batch))
+        return None, n_items is None or n_items <= len(sampler.items)
+    pair = _on_two_threads(sampler.func, batch)
+    first_failed = next((k for k, result in enumerate(pair.results) if isinstance(result, _Failed)), None)
+    if chosen:
+        done = [k for k, r in enumerate(pair.results) if not isinstance(r, (_Failed, _Missing))]
+        sampler.keep_at([chosen[k] for k in done], [batch[k] for k in done], [pair.results[k] for k in done])
+        if first_failed is not None:
+            failure = pair.results[first_failed]
+            assert isinstance(failure, _Failed)
+            add_item_note(failure.exc, chosen[first_failed], batch[first_failed])
+            if sampler.failed is None or chosen[first_failed] < sampler.failed[0]:
+                sampler.failed = (chosen[first_failed], failure.exc)  # type: ignore[assignment]
+            return None, True
+    else:
+        if first_failed is not None:
+            failure = pair.results[first_failed]
+            assert isinstance(failure, _Failed)
+            sampler.keep(batch[:first_failed], pair.results[:first_failed])
+            add_item_note(failure.exc, len(sampler.items), batch[first_failed])
+            raise failure.exc
+        sampler.keep(batch, pair.results)
+    cpu_fraction = min(1.0, sampler.cpu_fraction())
+    if cpu_fraction >= IO_BOUND_CPU_FRACTION:  # CPU work: in parallel only as far as it used two CPUs
+        reading = min(pair.overlap, pair.concurrency)
+    elif cpu_fraction >= _WAITING_CPU_SHARE:  # waits, and some CPU work that may hold the GIL
+        reading = min(pair.overlap, pair.concurrency / cpu_fraction)
+    else:
+        reading = pair.overlap
+    logger.debug(
+        "autopar: two threads: overlap %.2f, %.2f CPUs, the sample's CPU share %.2f",
+        pair.overlap, pair.concurrency, cpu_fraction,
+    )  # fmt: skip
+    ran_out = positions is None and len(batch) < 2 * per_thread
+    return max(0.0, reading), ran_out
+
+
+#: Work that uses less than this share of its wall time on a CPU is waiting work:
+#: its GIL-held part is too small to cap what the overlap says.
+_WAITING_CPU_SHARE = 0.1
+
+
+class _Failed:
+    """An item that raised on a sampling thread (its exception, raised later)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Missing:
+    """An item after a failure on the same thread: never evaluated (the run does it)."""
+
+
+class _Pair:
+    """Two threads' run: results in order, the items' overlap (their summed wall
+    times over the pair's) and concurrency (CPU seconds per wall second)."""
+
+    def __init__(self, results: list[Any], overlap: float, concurrency: float) -> None:
+        self.results, self.overlap, self.concurrency = results, overlap, concurrency
+
+
+def _serially(sampler: Sampler, batch: list[Any], positions: list[int] | None = None) -> list[Any]:
+    """A batch too small to split, evaluated here (an exception raised, its index noted)."""
+    results = []
+    for offset, item in enumerate(batch):
+        try:
+            results.append(sampler.func(item))
+        except BaseException as exc:
+            add_item_note(exc, positions[offset] if positions else len(sampler.items) + offset, item)
+            raise
+    return results
+
+
+def _on_two_threads(func: Callable[[Any], Any], batch: list[Any]) -> _Pair:
+    """``batch`` split between two new threads started together."""
+    half = (len(batch) + 1) // 2
+    parts = [batch[:half], batch[half:]]
+    out: list[list[Any]] = [[], []]
+    item_s = [0.0, 0.0]
+    cpu = [0.0, 0.0]
+    waited = [0.0, 0.0]
+    ready = threading.Barrier(3)
+
+    def work(k: int) -> None:
+        mark_thread_worker()  # a .map inside the function runs serially, as on workers
+        ready.wait()
+        cpu0, waited0 = time.thread_time(), runnable_seconds()
+        perf = time.perf_counter
+        results = out[k]
+        try:
+            for item in parts[k]:
+                t0 = perf()
+                try:
+                    results.append(func(item))
+                except BaseException as exc:  # noqa: BLE001 - raised or kept by the caller
+                    results.append(_Failed(exc))
+                    return
+                finally:
+                    item_s[k] += perf() - t0
+        finally:
+            cpu[k], waited[k] = time.thread_time() - cpu0, runnable_seconds() - waited0
+
+    threads = [threading.Thread(target=work, args=(k,), name="autopar-sample", daemon=True) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    # Each thread's wait for a CPU delays the pair by about half of it (fully if the
+    # other was waiting for the GIL meanwhile: counted low, erring towards "holds the GIL").
+    net = max(wall - sum(waited) / 2, 0.5 * wall, 1e-9)
+    busy = sum(item_s) - sum(waited)
+    results = [*out[0], *([_Missing()] * (len(parts[0]) - len(out[0]))), *out[1]]
+    results += [_Missing()] * (len(batch) - len(results))
+    return _Pair(results, max(0.0, busy) / net, sum(cpu) / net)

@@ -10,7 +10,9 @@ For ``n`` workers and chunks of ``c`` items, a run is predicted to take::
 with ``K = ceil(N / c)`` chunks, ``chunk_time = c * (t + per-item transfer) +
 chunk_overhead`` and ``t`` the mean per-item time. The serial loop takes ``N * t``.
 Every candidate ``n`` in ``2..min(cpus, N)`` and a handful of chunk sizes is scanned;
-parallel wins only when predicted clearly faster (:data:`MIN_SPEEDUP`).
+parallel wins only when predicted clearly faster (:data:`MIN_SPEEDUP`). Threads in
+this process are weighed the same way when the sample measured that the work
+scales on them (:mod:`autopar.thread_model`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .thread_model import THREAD_SCALING_MIN, predict_threads, thread_counts, thread_limit
+
 __all__ = [
     "MIN_SPEEDUP",
+    "EXECUTORS",
     "Candidate",
     "Costs",
     "Decision",
@@ -34,9 +39,13 @@ __all__ = [
     "prelude",
     "prior_costs",
     "start_cost",
+    "threads_scale",
 ]
 
-Executor = Literal["serial", "process"]
+Executor = Literal["serial", "process", "thread"]
+#: Parallel executors ``choose_plan`` may weigh, in the order ties are broken:
+#: threads first (no copies, no processes), when they are as fast.
+EXECUTORS = ("thread", "process")
 
 #: Parallel is chosen only when predicted at least this much faster than the serial
 #: loop. Predictions on a shared machine are off by ~10-20 %, and the serial loop is
@@ -136,6 +145,9 @@ class Workload:
     serial_item_s: float | None = None
     """Seconds per item in the caller's own loop, when it differs from a worker's
     (native thread pools: the caller's BLAS uses every core, a worker's one)."""
+    thread_scaling: float | None = None
+    """How much faster two threads in this process ran items than one (~1: the work
+    holds the GIL; ~2: it releases it); None when not measured."""
 
     def to_record(self, time_bucket: int, size_bucket: str) -> dict[str, Any]:
         """The plain dict stored with a plan (what it was made from)."""
@@ -153,6 +165,7 @@ class Workload:
             "worker_load_bytes": self.worker_load_bytes,
             "worker_setup_s": self.worker_setup_s,
             "serial_item_s": self.serial_item_s,
+            "thread_scaling": self.thread_scaling,
         }
 
     @classmethod
@@ -178,6 +191,7 @@ class Workload:
             worker_load_bytes=num("worker_load_bytes", 0.0),
             worker_setup_s=num("worker_setup_s", 0.0),
             serial_item_s=num("serial_item_s", -1.0) if num("serial_item_s", -1.0) > 0 else None,
+            thread_scaling=num("thread_scaling", -1.0) if num("thread_scaling", -1.0) > 0 else None,
         )
 
 
@@ -188,6 +202,8 @@ class Candidate:
     n_jobs: int
     chunksize: int
     predicted_s: float
+    executor: str = "process"
+    """``process`` (worker processes) or ``thread`` (threads in this process)."""
 
 
 @dataclass(frozen=True)
@@ -361,6 +377,48 @@ def _why_this_many(
     return waits
 
 
+def _best_threads(
+    w: Workload, limit: int, usable_cpus: int, considered: list[Candidate], warm_threads: int
+) -> list[Candidate]:
+    """For each thread count weighed, its fastest chunk size (ties go to the larger)."""
+    best_per_n: list[Candidate] = []
+    for n_threads in thread_counts(limit, w.n_items):
+        best: Candidate | None = None
+        for chunksize in sorted(set(_chunk_candidates(w.n_items, n_threads, _finite(w.item_s)))):
+            predicted = predict_threads(w, n_threads, chunksize, usable_cpus, warm_threads)
+            candidate = Candidate(n_threads, chunksize, predicted, "thread")
+            considered.append(candidate)
+            if (
+                best is None
+                or predicted < best.predicted_s
+                or (predicted == best.predicted_s and chunksize > best.chunksize)
+            ):
+                best = candidate
+        if best is not None:
+            best_per_n.append(best)
+    return best_per_n
+
+
+def _near_best(best_per_n: list[Candidate]) -> Candidate:
+    """The fewest workers (or threads) predicted within :data:`NEAR_BEST` of the fastest."""
+    fastest = min(c.predicted_s for c in best_per_n)
+    return next(c for c in best_per_n if c.predicted_s <= fastest * (1 + NEAR_BEST))
+
+
+def threads_scale(w: Workload) -> bool:
+    """True when the sample measured that the work runs faster on threads."""
+    return w.thread_scaling is not None and w.thread_scaling >= THREAD_SCALING_MIN
+
+
+def _thread_note(w: Workload) -> str:
+    """What the two-thread measurement said, for reasons."""
+    if w.thread_scaling is None:
+        return ""
+    if threads_scale(w):
+        return f"releases the GIL: {w.thread_scaling:.2f}x on 2 threads"
+    return f"holds the GIL: {w.thread_scaling:.2f}x on 2 threads, so no threads"
+
+
 def choose_plan(
     w: Workload,
     costs: Costs,
@@ -369,14 +427,19 @@ def choose_plan(
     max_workers: int | None = None,
     memory_bytes: float | None = None,
     warm: int = 0,
+    executors: tuple[str, ...] = ("process",),
+    warm_threads: int = 0,
 ) -> Decision:
-    """The best plan the model can find: serial, or worker count and chunk size.
+    """The best plan the model can find: serial, or executor, worker count and chunk size.
 
     ``warm`` is the size of a pool already running: starting it costs nothing.
+    ``executors`` are the parallel executors allowed (``process``, ``thread``);
+    threads are weighed only when ``w.thread_scaling`` says the work scales on them.
 
-    Guarantees, property-tested: ``1 <= n_jobs <= min(worker_limit(...), n_items)``
-    (the usable CPUs for CPU work, more for waiting work), ``chunksize >= 1``, and
-    serial whenever the whole serial run is shorter than starting two workers.
+    Guarantees, property-tested: ``1 <= n_jobs <= min(limit, n_items)`` (the usable
+    CPUs for CPU work, more for waiting work), ``chunksize >= 1``, never threads for
+    work measured not to scale on them, and serial whenever the whole serial run is
+    shorter than starting two workers.
     """
     n_items = w.n_items
     t = _finite(w.item_s)
@@ -385,9 +448,13 @@ def choose_plan(
     serial_s = effective_n * serial_t
     cpu_fraction = min(1.0, _finite(w.cpu_fraction, 1.0))
     io_bound = cpu_fraction < IO_BOUND_CPU_FRACTION
-    limit = worker_limit(usable_cpus, max_workers, io_bound=io_bound)
+    use_processes = "process" in executors
+    use_threads = "thread" in executors and threads_scale(w)
+    limit = worker_limit(usable_cpus, max_workers, io_bound=io_bound) if use_processes else 1
+    threads = thread_limit(usable_cpus, max_workers, io_bound=io_bound) if use_threads else 1
     if n_items is not None:
         limit = min(limit, max(1, n_items))
+        threads = min(threads, max(1, n_items))
 
     budget = MEMORY_SHARE * memory_bytes if memory_bytes is not None and memory_bytes > 0 else math.inf
     warnings: tuple[str, ...] = ()
@@ -397,47 +464,68 @@ def choose_plan(
             f"the results of .map need about {results_bytes / 2**20:,.0f} MiB, more than half the "
             f"{(memory_bytes or 0) / 2**20:,.0f} MiB available; use .imap to stream them",
         )
+    note = _thread_note(w) if "thread" in executors else ""
 
     def serial(reason: str, candidates: tuple[Candidate, ...] = ()) -> Decision:
+        reason = f"{reason}; {note}" if note else reason
         return Decision("serial", 1, 1, serial_s, serial_s, reason, candidates, tuple(considered), warnings)
 
     considered: list[Candidate] = []
 
     if n_items is not None and n_items <= 1:
         return serial(f"serial: {n_items} item(s), nothing to split")
-    if limit < 2:
+    if limit < 2 and threads < 2:
         why = "max_workers allows one" if max_workers is not None and max_workers < 2 else "1 CPU is usable"
+        if not use_processes and not use_threads:
+            why = "the work does not scale on threads, the only executor allowed"
         return serial(f"serial: only one worker possible ({why})")
 
-    best_per_n = _best_per_worker_count(w, costs, limit, usable_cpus, budget, considered, warm)
-    if not best_per_n:
+    best_per_n = _best_per_worker_count(w, costs, limit, usable_cpus, budget, considered, warm) if limit >= 2 else []
+    best_threads = _best_threads(w, threads, usable_cpus, considered, warm_threads) if threads >= 2 else []
+    if not best_per_n and not best_threads:
         return serial(
             f"serial: {(memory_bytes or 0) / 2**20:,.0f} MiB available is not enough for two workers "
             f"({memory_needed(w, 2, 1) / 2**20:,.0f} MiB needed)"
         )
-    fastest = min(c.predicted_s for c in best_per_n)
-    choice = next(c for c in best_per_n if c.predicted_s <= fastest * (1 + NEAR_BEST))
-    candidates = tuple(best_per_n)
+    choices = [_near_best(group) for group in (best_threads, best_per_n) if group]
+    choice = choices[0]
+    if len(choices) == 2 and choices[1].predicted_s * (1 + NEAR_BEST) < choice.predicted_s:
+        choice = choices[1]  # processes only when clearly faster than threads
+    candidates = tuple(best_threads) + tuple(best_per_n)
     speedup = serial_s / choice.predicted_s if choice.predicted_s > 0 else 0.0
+    unit = "threads" if choice.executor == "thread" else "workers"
     if speedup < MIN_SPEEDUP:
-        start = _start(w, costs, choice.n_jobs, warm)
+        start = _start(w, costs, choice.n_jobs, warm) if choice.executor == "process" else 0.0
+        started = f", {format_seconds(start)} to start them" if choice.executor == "process" else ""
         return serial(
             f"serial: {effective_n} items x {format_seconds(t)} = {format_seconds(serial_s)} of work; "
-            f"the best parallel plan ({choice.n_jobs} workers, {format_seconds(start)} to start them) "
+            f"the best parallel plan ({choice.n_jobs} {unit}{started}) "
             f"was predicted at {format_seconds(choice.predicted_s)}, a {speedup:.2f}x speedup, "
             f"below the {MIN_SPEEDUP}x needed",
             candidates,
         )
-    waits = _why_this_many(choice, best_per_n, limit, usable_cpus, cpu_fraction)
-    if warm == choice.n_jobs:
-        waits += f"; counting on the {warm} workers already running (no start cost)"
+    if choice.executor == "thread":
+        waits = f"; {note}"
+        moved = effective_n * (_finite(w.in_bytes) + _finite(w.out_bytes))
+        if moved >= 2**20:
+            waits += f"; no pickling of {moved / 2**20:,.1f} MiB of items and results"
+        if choice.n_jobs > usable_cpus:
+            waits += (
+                f"; waiting work (CPU {cpu_fraction:.0%} of wall time), so {choice.n_jobs} threads overlap the waits"
+            )
+    else:
+        waits = _why_this_many(choice, best_per_n, limit, usable_cpus, cpu_fraction)
+        if warm == choice.n_jobs:
+            waits += f"; counting on the {warm} workers already running (no start cost)"
+        if note:
+            waits += f"; {note}"
     return Decision(
-        "process",
+        choice.executor,  # type: ignore[arg-type]
         choice.n_jobs,
         choice.chunksize,
         choice.predicted_s,
         serial_s,
-        f"{choice.n_jobs} workers, chunks of {choice.chunksize}: predicted {speedup:.2f}x "
+        f"{choice.n_jobs} {unit}, chunks of {choice.chunksize}: predicted {speedup:.2f}x "
         f"faster than the serial loop ({format_seconds(choice.predicted_s)} vs {format_seconds(serial_s)}){waits}",
         candidates,
         tuple(considered),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-__all__ = ["add_item_note", "add_note", "shift_item_note"]
+__all__ = ["add_item_note", "add_note", "item_index", "shift_item_note"]
 
 _repr = reprlib.Repr()
 _repr.maxstring = 80
@@ -41,3 +41,12 @@ def shift_item_note(exc: BaseException, offset: int) -> None:
     index, _, rest = notes[-1][len(_ITEM_NOTE) :].partition(":")
     if index.isdigit():
         notes[-1] = f"{_ITEM_NOTE}{int(index) + offset}:{rest}"
+
+
+def item_index(exc: BaseException) -> int | None:
+    """The index in the last :func:`add_item_note` note on ``exc``, or None."""
+    for note in reversed(getattr(exc, "__notes__", None) or []):
+        if isinstance(note, str) and note.startswith(_ITEM_NOTE):
+            index = note[len(_ITEM_NOTE) :].partition(":")[0]
+            return int(index) if index.isdigit() else None
+    return None

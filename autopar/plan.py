@@ -16,6 +16,7 @@ from typing import Any, Literal
 from ._version import CACHE_FORMAT
 from .model import IO_BOUND_CPU_FRACTION, Costs, worker_limit
 from .system import SystemInfo
+from .thread_model import thread_limit
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -48,13 +49,14 @@ _MAX_WARNINGS = 8
 
 @dataclass(frozen=True)
 class Plan:
-    """How a map will run: serially, or on ``n_jobs`` processes in chunks of ``chunksize``.
+    """How a map will run: serially, or on ``n_jobs`` processes (or threads in this
+    process, or a cluster's workers: ``executor``) in chunks of ``chunksize``.
 
     ``data`` holds every input item (items evaluated while sampling are put back),
     so a generator passed to :func:`autopar.optimize` loses nothing.
     """
 
-    executor: Literal["serial", "process", "dask"]
+    executor: Literal["serial", "process", "thread", "dask"]
     n_jobs: int
     chunksize: int
     estimated_speedup: float
@@ -92,7 +94,7 @@ def serial_plan(reason: str, *, start_method: str = "", data: Any = None) -> Pla
 class PlanRecord:
     """A stored plan as read back: the plan's fields, where and when it was made."""
 
-    executor: Literal["serial", "process", "dask"]
+    executor: Literal["serial", "process", "thread", "dask"]
     n_jobs: int
     chunksize: int
     estimated_speedup: float
@@ -233,7 +235,7 @@ def _read_plan_record(text: str, *, usable_cpus: int, max_workers: int | None) -
     speedup = _number(body.get("estimated_speedup"))
     reason = _text(body.get("reason"))
     warnings = body.get("warnings")
-    if executor not in ("serial", "process", "dask") or n_jobs is None or chunksize is None:
+    if executor not in ("serial", "process", "thread", "dask") or n_jobs is None or chunksize is None:
         return None
     if speedup is None or reason is None:
         return None
@@ -245,13 +247,14 @@ def _read_plan_record(text: str, *, usable_cpus: int, max_workers: int | None) -
     # Only work recorded as waiting (I/O-bound) may have more workers than CPUs.
     cpu_fraction = _number(workload.get("cpu_fraction"))
     waits = cpu_fraction is not None and cpu_fraction < IO_BOUND_CPU_FRACTION
-    n_jobs = min(max(n_jobs, 1), worker_limit(usable_cpus, max_workers, io_bound=waits))
+    limit = thread_limit if executor == "thread" else worker_limit
+    n_jobs = min(max(n_jobs, 1), limit(usable_cpus, max_workers, io_bound=waits))
     chunksize = min(max(chunksize, 1), MAX_CHUNKSIZE)
     if n_jobs == 1:
         executor = "serial"
     function = _text(obj.get("function")) or "?"
     return PlanRecord(
-        executor="process" if executor == "process" else "dask" if executor == "dask" else "serial",
+        executor=executor if executor in ("process", "thread", "dask") else "serial",  # type: ignore[arg-type]
         n_jobs=n_jobs,
         chunksize=chunksize,
         estimated_speedup=max(0.0, speedup),

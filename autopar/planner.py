@@ -28,7 +28,7 @@ from .costs import load_or_measure_costs
 from .errors import AutoparWarning
 from .hints import forget_hints, read_hint, write_hint
 from .measuring import THREAD_TIMING_MIN_S, native_threads, one_native_thread
-from .model import Costs, Decision, Workload, choose_plan, prior_costs
+from .model import STREAM_ASSUMED_ITEMS, Costs, Decision, Workload, choose_plan, prior_costs
 from .plan import DEFAULT_TTL_S, Plan, plan_record, read_plan_record, serial_plan, stale_reason, stored_plan
 from .sampling import Sampler
 from .serialization import pickle_problem
@@ -44,6 +44,7 @@ __all__ = [
     "Planned",
     "decide",
     "forget_hints",
+    "heavy_items",
     "make_plan",
     "plan_prefix",
     "save",
@@ -64,6 +65,9 @@ CLEARLY_SERIAL = 0.5
 #: on two workers costs a third of a six-item run). A hint row remembers the time
 #: bucket, and real runs check it (see :func:`learn`).
 HEAVY_ITEM_S = 0.01
+#: The same for a plan on threads: tens of threads overlapping waits finish a round
+#: in one item's time, so even a 1 ms item probed alone first costs a round.
+THREAD_HEAVY_ITEM_S = 0.001
 #: A forked worker's own memory to begin with (page tables, first copied pages).
 FORK_WORKER_BYTES = 16 * 2**20
 
@@ -123,6 +127,10 @@ class Request:
     """The function's pickled bytes sent with every chunk, and read once per worker."""
     setup_s: float = 0.0
     """Seconds the function's per-worker setup took here (0: none, or it had run)."""
+    executors: tuple[str, ...] = ("process",)
+    """Parallel executors the plan may choose: ``process`` (or the cluster's) and ``thread``."""
+    warm_threads: Callable[[], int] = lambda: 0
+    """Idle threads of this process a thread plan would use without starting any."""
 
     @property
     def parallel(self) -> str:
@@ -143,6 +151,7 @@ class Request:
             start_method=self.system.start_method,
             cpus=self.system.usable_cpus,
             max_workers=self.options.max_workers,
+            executors=self.executors,
         )
 
 
@@ -180,6 +189,8 @@ def make_plan(
     items: Sequence[Any] | None = None,
     warm: Callable[[], int] | None = None,
     ship_bytes: Callable[[], tuple[int, int]] | None = None,
+    executors: tuple[str, ...] = ("process",),
+    warm_threads: Callable[[], int] | None = None,
 ) -> Planned:
     """Probe, look up, and on a miss sample, decide and save. See the module doc.
 
@@ -190,7 +201,8 @@ def make_plan(
     cannot be sent to workers (default: ``func`` fails both pickle and cloudpickle);
     it is asked only before a parallel plan is returned. ``measure`` times the
     backend's costs when they could change the decision (a cluster's own measure
-    replaces it).
+    replaces it). ``executors`` are the parallel executors allowed; with ``thread``
+    among them the sample also measures how the work scales on two threads.
     """
     t_start = time.perf_counter()
     system = current_system(options.start_method) if cluster is None else cluster.system()
@@ -198,7 +210,8 @@ def make_plan(
         measure = cluster.measure
     request = Request(
         func, name, digest, n_items, options, store, system, measure, ship_problem, cluster, profile,
-        warm or (lambda: 0), ship_bytes,
+        warm or (lambda: 0), ship_bytes, 0.0, executors if cluster is None else ("process",),
+        warm_threads or (lambda: 0),
     )  # fmt: skip
     sampler = Sampler(func)
     # Per-worker setup runs here before any item is timed: it is not an item's cost.
@@ -230,9 +243,19 @@ def make_plan(
         speedup = compared
     with one_native_thread() if native else contextlib.nullcontext():
         exhausted = measuring.sample(request.n_items, sampler, source, items)
-    if exhausted:
+        if not exhausted and sampler.failed is None and _threads_worth_measuring(request, sampler):
+            exhausted = measuring.thread_scaling(request.n_items, sampler, source, items)
+    if exhausted and sampler.failed is None:
         return _all_evaluated(request, sampler, source, False, key)
-    return _decide_and_save(request, sampler, source, key, tbucket, t_start, speedup)
+    return _decide_and_save(request, sampler, source, key, tbucket, t_start, speedup, sampler.thread_scaling)
+
+
+def _threads_worth_measuring(request: Request, sampler: Sampler) -> bool:
+    """Threads are allowed, and the serial run is long enough for them to matter."""
+    if "thread" not in request.executors or request.cluster is not None:
+        return False
+    n_items = request.n_items if request.n_items is not None else STREAM_ASSUMED_ITEMS
+    return n_items * sampler.median_s() >= measuring.THREADS_WORTH_S
 
 
 def _skip_probe(request: Request, sampler: Sampler, source: Iterator[Any]) -> Planned | None:
@@ -243,7 +266,7 @@ def _skip_probe(request: Request, sampler: Sampler, source: Iterator[Any]) -> Pl
     if hinted is None:
         return None
     found = _lookup(request, [request.key(hinted)])
-    if found is None or found[1].executor != request.parallel:
+    if found is None or found[1].executor not in (request.parallel, "thread"):
         return None
     logger.debug("autopar: heavy items, plan %s used without probing", found[0])
     return Planned(found[1], sampler, source, True, found[0], request.options, found[2], request)
@@ -261,9 +284,7 @@ def _probe_s(sampler: Sampler) -> float:
     return sampler.median_s()
 
 
-def _all_evaluated(
-    request: Request, sampler: Sampler, source: Iterator[Any], hit: bool | None, key: str
-) -> Planned:
+def _all_evaluated(request: Request, sampler: Sampler, source: Iterator[Any], hit: bool | None, key: str) -> Planned:
     plan = serial_plan(
         f"serial: all {len(sampler.items)} item(s) were evaluated while measuring",
         start_method=request.system.start_method,
@@ -308,6 +329,7 @@ def _decide_and_save(
     tbucket: int,
     t_start: float,
     thread_speedup: float = 1.0,
+    thread_scaling: float | None = None,
 ) -> Planned:
     sample = sampler.summary(request.n_items)
     workload = Workload(
@@ -320,7 +342,10 @@ def _decide_and_save(
         in_bytes=sample.in_bytes,
         out_bytes=sample.out_bytes,
         pickle_s=sample.pickle_s,
+        thread_scaling=thread_scaling,
     )
+    if sample.unpicklable is not None and "thread" in request.executors:
+        request = replace(request, executors=("thread",))  # items that cannot travel may still go to threads
     decision, costs = decide(request, workload)
     for text in decision.warnings:
         warn(f"autopar: {request.name}: {text}", AutoparWarning, stacklevel=5)
@@ -334,7 +359,7 @@ def _decide_and_save(
         workload = _with_function_bytes(request, workload)
     stored = workload.to_record(tbucket, size_bucket(request.n_items))
     if request.cached:
-        heavy = plan.executor == request.parallel and workload.item_s >= HEAVY_ITEM_S and request.n_items is not None
+        heavy = heavy_items(request, plan.executor, workload.item_s) and request.n_items is not None
         save(request, key, plan, stored, heavy=heavy)
     if request.profile:
         details = {
@@ -350,6 +375,7 @@ def _decide_and_save(
             "estimated_speedup": decision.estimated_speedup,
             "chunk_bytes": workload.chunk_bytes,
             "worker_load_bytes": workload.worker_load_bytes,
+            "thread_scaling": workload.thread_scaling,
             "system": asdict(request.system),
         }
         plan = replace(plan, profile=details)
@@ -364,8 +390,8 @@ def _plan_of(request: Request, decision: Decision, unpicklable: str | None) -> P
     if cluster is not None and executor == "process":
         executor = cluster.executor
         reason = f"{reason} on {cluster.fingerprint}"
-    parallel = executor == request.parallel
-    if parallel:
+    parallel = executor in (request.parallel, "thread")
+    if executor == request.parallel:
         problem = unpicklable or _ship_problem(request)
         if problem is not None:
             executor, parallel = "serial", False
@@ -399,15 +425,26 @@ def decide(request: Request, workload: Workload) -> tuple[Decision, dict[str, An
     costs = prior_costs(system.start_method)
     memory = float(system.available_memory)
     workload = replace(workload, worker_bytes=worker_bytes(system.start_method))
-    decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory, warm=request.warm())
-    best = min((c.predicted_s for c in decision.candidates), default=float("inf"))
-    clearly_serial = decision.executor == "serial" and decision.serial_s < CLEARLY_SERIAL * best
-    if not clearly_serial and decision.candidates:
+    executors, threads = request.executors, request.warm_threads()
+
+    def choose(w: Workload, c: Costs, warm: int) -> Decision:
+        return choose_plan(
+            w, c, usable_cpus=cpus, max_workers=cap, memory_bytes=memory, warm=warm, executors=executors,
+            warm_threads=threads,
+        )  # fmt: skip
+
+    decision = choose(workload, costs, request.warm())
+    processes = [c.predicted_s for c in decision.candidates if c.executor == "process"]
+    best = min(processes, default=float("inf"))
+    # Measured costs could at most halve the priors' overheads: a plan that stays
+    # serial, or on threads, even then needs no pool started to measure them.
+    chosen_s = min(decision.predicted_s, decision.serial_s)
+    clearly_not = decision.executor != "process" and chosen_s < CLEARLY_SERIAL * best
+    if not clearly_not and processes:
         if request.measure is not None:
             costs = load_or_measure_costs(request.store, system, request.measure)
         workload = _with_function_bytes(request, workload)
-        warm = request.warm()  # measuring may have left its pool running for this call
-        decision = choose_plan(workload, costs, usable_cpus=cpus, max_workers=cap, memory_bytes=memory, warm=warm)
+        decision = choose(workload, costs, request.warm())  # measuring may have left its pool running
     return decision, asdict(costs)
 
 
@@ -437,6 +474,14 @@ def worker_bytes(start_method: str) -> float:
         return float(psutil.Process().memory_info().rss)
     except Exception:  # noqa: BLE001 - psutil failures must not stop planning
         return float(FORK_WORKER_BYTES)
+
+
+def heavy_items(request: Request, executor: str, item_s: float) -> bool:
+    """True when a parallel plan's items are heavy enough to skip the probe (see
+    :data:`HEAVY_ITEM_S`, :data:`THREAD_HEAVY_ITEM_S`)."""
+    if executor == "thread":
+        return item_s >= THREAD_HEAVY_ITEM_S
+    return executor == request.parallel and item_s >= HEAVY_ITEM_S
 
 
 def save(request: Request, key: str, plan: Plan, workload: dict[str, Any], *, heavy: bool) -> None:

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
-from .backends import Backend, SerialBackend, check_backend, get_backend
+from .backends import Backend, SerialBackend, ThreadBackend, check_backend, get_backend
+from .backends.thread import warm_threads
 from .errors import NotIterableError
 from .learning import LEARN_MIN_S, learn
 from .model import Costs, Workload, format_seconds
-from .notes import shift_item_note
+from .notes import item_index, shift_item_note
 from .plan import Plan, serial_plan
 from .planner import Cluster, Options, Planned, decide, make_plan
 from .sampling import runnable_seconds
@@ -67,13 +68,23 @@ def length_hint(iterable: Iterable[Any]) -> int | None:
     return hint or None
 
 
+_THREADS = ThreadBackend()
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """A call's backend: its name, the backend object, and for a cluster what planning needs."""
+    """A call's backend: its name, the backend object, the parallel executors the plan
+    may choose, and for a cluster what planning needs.
+
+    ``auto`` plans for threads and processes; ``process``, ``thread`` and ``dask``
+    each for their own. Explicit ``n_jobs`` without a parallel plan uses the first
+    of ``explicit`` (processes for ``auto``, as before threads existed).
+    """
 
     name: str
     backend: Backend
     cluster: Cluster | None = None
+    executors: tuple[str, ...] = ("process",)
 
     @classmethod
     def named(cls, name: str, start_method: str) -> Target:
@@ -87,7 +98,17 @@ class Target:
             info = backend.cluster()  # type: ignore[attr-defined]
             memory = info.memory_per_worker * info.workers
             cluster = Cluster(info.fingerprint, info.threads, memory, backend.measure_costs)  # type: ignore[attr-defined]
-        return cls(name, backend, cluster)
+        executors = {"auto": ("thread", "process"), "thread": ("thread",)}.get(name, ("process",))
+        return cls(name, backend, cluster, executors)
+
+    @property
+    def explicit(self) -> str:
+        """The executor explicit ``n_jobs`` gets when the plan is serial."""
+        return "thread" if self.name == "thread" else "process"
+
+    def backend_for(self, executor: str) -> Backend:
+        """Where an executor's chunks run: threads here, anything else on this target."""
+        return _THREADS if executor == "thread" else self.backend
 
     def warm(self) -> int:
         """Workers of this backend already running (a warm pool), 0 when none."""
@@ -125,9 +146,16 @@ class RunRecord:
 
 
 def resolve(
-    plan: Plan, *, n_jobs: int | None, chunksize: int | None, cap: int | None, remaining: int | None
+    plan: Plan,
+    *,
+    n_jobs: int | None,
+    chunksize: int | None,
+    cap: int | None,
+    remaining: int | None,
+    parallel: str = "process",
 ) -> Execution:
-    """Executor, workers and chunk size after explicit arguments override the plan."""
+    """Executor, workers and chunk size after explicit arguments override the plan
+    (``parallel``: the executor explicit ``n_jobs`` gets when the plan is serial)."""
     if n_jobs is None:
         if plan.executor == "serial":
             return Execution("serial", 1, 1, True)
@@ -145,7 +173,7 @@ def resolve(
             chunksize = max(1, math.ceil(remaining / (4 * n)))  # Pool.map's default
         else:
             chunksize = 1
-    executor = plan.executor if plan.executor != "serial" else "process"
+    executor = plan.executor if plan.executor != "serial" else parallel
     same = executor == plan.executor and n == plan.n_jobs and chunksize == plan.chunksize
     return Execution(executor, n, chunksize, same)
 
@@ -197,6 +225,8 @@ class Call:
             items=items,
             warm=self.target.warm,
             ship_bytes=self._ship_bytes,
+            executors=self.target.executors,
+            warm_threads=warm_threads,
         )
         self.count(planned.hit)
         return planned
@@ -211,9 +241,11 @@ class Call:
         shipment = self.shipment()
         return shipment.chunk_bytes, shipment.once_bytes
 
-    def sendable(self) -> Callable[[Any], Any] | Shipment:
-        """What the backend runs: the function itself here, its shipment elsewhere."""
-        return self.func if isinstance(self.target.backend, SerialBackend) else self.shipment()
+    def sendable(self, executor: str | None = None) -> Callable[[Any], Any] | Shipment:
+        """What the backend runs: the function itself in this process (serially or on
+        threads), its shipment elsewhere."""
+        here = executor in ("serial", "thread") or isinstance(self.target.backend, (SerialBackend, ThreadBackend))
+        return self.func if here else self.shipment()
 
     # -- map ------------------------------------------------------------------------
 
@@ -234,8 +266,9 @@ class Call:
         skip: list[int] = []  # positions evaluated while sampling, across the input
         if n_jobs is not None and chunksize is not None:  # nothing to plan
             execution = resolve(
-                _FIXED, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=len(items)
-            )
+                _FIXED, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=len(items),
+                parallel=self.target.explicit,
+            )  # fmt: skip
             execution = dataclasses.replace(execution, as_planned=False)
         else:
             planned = self.plan(iter(items), len(items), items=items)
@@ -244,13 +277,21 @@ class Call:
             skip = sorted([*planned.sampler.scattered, *([failed[0]] if failed is not None else [])])
             remaining = len(items) - len(done) - len(skip)
             execution = resolve(
-                planned.plan, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=remaining
-            )
+                planned.plan, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=remaining,
+                parallel=self.target.explicit,
+            )  # fmt: skip
             if tick is not None:
                 tick(len(done) + len(skip))
-        results, record = self._run(items, len(done), execution, tick, skip)
-        if planned is not None and planned.sampler.failed is not None:
-            raise planned.sampler.failed[1]  # no earlier item raised: now it is this one's turn
+        failed = planned.sampler.failed if planned is not None else None
+        try:
+            results, record = self._run(items, len(done), execution, tick, skip)
+        except Exception as exc:
+            index = item_index(exc)
+            if failed is not None and index is not None and index > failed[0]:
+                raise failed[1] from None  # the item sampled earlier in the input comes first
+            raise
+        if failed is not None:
+            raise failed[1]  # no earlier item raised: now it is this one's turn
         if planned is not None:
             self._learn(planned, record)
             for position, value in planned.sampler.scattered.items():
@@ -267,8 +308,8 @@ class Call:
         if execution.executor == "serial":
             results = SerialBackend().map(self.func, items, start=start, progress=tick, skip=skip)
         else:
-            results = self.target.backend.map(
-                self.shipment(),
+            results = self.target.backend_for(execution.executor).map(
+                self.sendable(execution.executor),
                 items,
                 start=start,
                 n_jobs=execution.n_jobs,
@@ -304,14 +345,14 @@ class Call:
         n = max(1, min(n_jobs or cpus, cap or len(items), len(items)))
         size = chunksize or self.chunksize or max(1, math.ceil(len(items) / (4 * n)))
         return self.target.backend.map(
-            self.shipment(), items, start=0, n_jobs=n, chunksize=size, timeout=timeout, progress=tick
+            self.sendable(), items, start=0, n_jobs=n, chunksize=size, timeout=timeout, progress=tick
         )
 
     def _learn(self, planned: Planned, record: RunRecord) -> None:
         """Let the planner correct the stored plan from a run that ran as planned."""
         if not record.as_planned or record.executor != planned.plan.executor:
             return  # explicit arguments overrode the plan: this run says nothing about it
-        if record.executor not in ("serial", "process") or record.busy_s <= 0:
+        if record.executor not in ("serial", "process", "thread") or record.busy_s <= 0:
             return  # a cluster ran it (no busy times yet)
         if record.wall_s < LEARN_MIN_S or record.n_items <= 0:
             return
@@ -352,8 +393,9 @@ class Call:
         planned: Planned | None = None
         if n_jobs is not None and chunksize is not None:  # nothing to plan, as in map()
             execution = resolve(
-                _FIXED, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=n_items
-            )
+                _FIXED, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=n_items,
+                parallel=self.target.explicit,
+            )  # fmt: skip
         else:
             planned = self.plan(source, n_items)
             if tick is not None:
@@ -362,8 +404,9 @@ class Call:
             offset = len(planned.sampler.items)
             remaining = None if n_items is None else n_items - offset
             execution = resolve(
-                planned.plan, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=remaining
-            )
+                planned.plan, n_jobs=n_jobs, chunksize=chunksize, cap=self.options.max_workers, remaining=remaining,
+                parallel=self.target.explicit,
+            )  # fmt: skip
         if execution.executor == "serial" and n_items is None and planned is not None and execution.as_planned:
             switch = yield from self._serial_until_parallel_pays(planned, source, offset, tick)
             if switch is None:
@@ -374,8 +417,8 @@ class Call:
                 self.func, source, offset=offset, n_jobs=1, chunksize=1, ordered=True, progress=tick
             )
             return
-        yield from self.target.backend.imap(
-            self.shipment(),
+        yield from self.target.backend_for(execution.executor).imap(
+            self.sendable(execution.executor),
             source,
             offset=offset,
             n_jobs=execution.n_jobs,
@@ -427,12 +470,13 @@ class Call:
                 logger.debug("autopar: weighing workers for a stream of %s failed", self.name, exc_info=True)
                 request = None  # the rest of the stream runs here, as planned
                 continue
-            if decision.executor == "process":
+            if decision.executor != "serial":
+                unit = "threads" if decision.executor == "thread" else "workers"
                 logger.info(
-                    "autopar: %s: a stream of unknown length goes to %d workers after %d items (%s each): %s",
-                    self.name, decision.n_jobs, index, format_seconds(elapsed / seen), decision.reason,
+                    "autopar: %s: a stream of unknown length goes to %d %s after %d items (%s each): %s",
+                    self.name, decision.n_jobs, unit, index, format_seconds(elapsed / seen), decision.reason,
                 )  # fmt: skip
-                return Execution(self.target.name, decision.n_jobs, decision.chunksize, True), index
+                return Execution(decision.executor, decision.n_jobs, decision.chunksize, True), index
 
     # -- plan -----------------------------------------------------------------------
 

@@ -189,6 +189,10 @@ class Sampler:
         """Results of items sampled across the input, by position (after the prefix)."""
         self.spread_times: list[float] = []
         self._spread_items: list[Any] = []
+        self.positions: Iterator[int] | None = None
+        """Where sampling across the input goes on (see :func:`~.measuring.sample`)."""
+        self.thread_scaling: float | None = None
+        """Two threads' speedup over one on sampled items (see :func:`~.measuring.thread_scaling`)."""
         self.failed: tuple[int, Exception] | None = None
         """An item sampled across the input that raised, and its exception (not raised yet)."""
         self._cpu = 0.0
@@ -243,7 +247,12 @@ class Sampler:
         results: list[Any] = []
         try:
             exhausted = self._run(
-                source(), self._spread_items, results, self.spread_times, max_items=max_items, budget_s=budget_s,
+                source(),
+                self._spread_items,
+                results,
+                self.spread_times,
+                max_items=max_items,
+                budget_s=budget_s,
                 positions=chosen,
             )
         except Exception as exc:  # noqa: BLE001 - raised later, in the input's order
@@ -305,6 +314,17 @@ class Sampler:
         self._cpu += time.thread_time() - cpu0
         self._runnable += runnable_seconds() - runnable0
         return exhausted
+
+    def keep(self, items: list[Any], results: list[Any]) -> None:
+        """Add items evaluated elsewhere (on two threads, measuring how the work scales)
+        to the prefix, with their results; they are not timed one by one."""
+        self.items.extend(items)
+        self.results.extend(results)
+
+    def keep_at(self, positions: list[int], items: list[Any], results: list[Any]) -> None:
+        """As :meth:`keep`, for items from across the input: results kept by position."""
+        self._spread_items.extend(items)
+        self.scattered.update(zip(positions, results, strict=True))
 
     def summary(self, n_items: int | None = None) -> Sample:
         """Measure pickling as chunks travel; freeze a Sample (``n_items``: the input's length)."""

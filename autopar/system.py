@@ -27,6 +27,7 @@ __all__ = [
     "current_system",
     "default_start_method",
     "in_worker",
+    "mark_thread_worker",
     "mark_worker",
     "on_fork_in_child",
     "usable_cpus",
@@ -56,6 +57,8 @@ _lock = threading.Lock()
 _cgroup_cache: tuple[float, int | None] = (-math.inf, None)
 _memory_cache: tuple[float, int] = (-math.inf, 0)
 _in_worker: bool | None = None  # None: not yet known (worked out once per process)
+#: Set in autopar's worker threads (see :mod:`autopar.backends.thread`).
+_thread_worker = threading.local()
 
 
 @dataclass(frozen=True)
@@ -180,10 +183,17 @@ def _in_foreign_worker() -> bool:
     return (getattr(target, "__module__", None), getattr(target, "__name__", None)) in _POOL_WORKER_LOOPS
 
 
+def mark_thread_worker() -> None:
+    """Mark the calling thread as one of autopar's worker threads (for :func:`in_worker`)."""
+    _thread_worker.active = True
+
+
 def in_worker() -> bool:
-    """True inside a worker of autopar or of another process pool, where ``.map`` must
-    run serially: nested pools oversubscribe the CPUs, and daemonic processes may not
-    have children (``AssertionError`` from multiprocessing)."""
+    """True inside a worker of autopar (process or thread) or of another process pool,
+    where ``.map`` must run serially: nested pools oversubscribe the CPUs, and
+    daemonic processes may not have children (``AssertionError`` from multiprocessing)."""
+    if getattr(_thread_worker, "active", False):
+        return True
     global _in_worker
     if _in_worker is None:
         _in_worker = _in_foreign_worker()

@@ -161,6 +161,7 @@ def plan_key(
     start_method: str,
     cpus: int,
     max_workers: int | None,
+    executors: tuple[str, ...] = ("process",),
 ) -> str:
     """The plain-string key of one plan.
 
@@ -169,7 +170,10 @@ def plan_key(
     switching between two settings does not evict either plan.
     """
     cap = "any" if max_workers is None else str(max_workers)
-    return f"plan:v{CACHE_FORMAT}:{name}:{digest}:{start_method}:c{cpus}:w{cap}:{size}:t{tbucket}"
+    # The executors allowed: a plan made with threads allowed is never read by a
+    # call that forbids them (backend="process"), nor the other way round.
+    allowed = "+".join(sorted(executors))
+    return f"plan:v{CACHE_FORMAT}:{name}:{digest}:{start_method}:c{cpus}:w{cap}:x{allowed}:{size}:t{tbucket}"
 
 
 def plan_prefix(name: str) -> str:

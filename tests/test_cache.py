@@ -16,6 +16,7 @@ import pytest
 import autopar
 from autopar import CacheWarning, auto_parallel, clear_cache, get_cache_dir, prune_expired_cache
 from autopar.store import get_store
+from autopar.thread_model import MAX_THREADS
 from tests import workloads
 from tests.conftest import affinity_available
 from tests.faults import stateful
@@ -129,7 +130,8 @@ def test_cpu_count_change_misses() -> None:
         os.sched_setaffinity(0, {min(original)})
         plan = f.plan(WAITING_ITEMS)
         assert not plan.from_cache
-        assert plan.n_jobs <= 4  # one usable CPU: at most 4 workers for waiting work
+        # One usable CPU: at most 4 worker processes for waiting work (threads cost less).
+        assert plan.n_jobs <= (MAX_THREADS if plan.executor == "thread" else 4), plan.reason
         _edit_plans(lambda r: r["system"].update(usable_cpus=len(original)))  # forged
     finally:
         os.sched_setaffinity(0, original)

@@ -52,10 +52,10 @@ def test_explain_with_real_runs_measures_every_worker_count() -> None:
 
 
 def test_explain_runs_the_chosen_plan_when_it_has_more_workers_than_cpus() -> None:
-    # Sleeping items wait: the plan overlaps the waits on more workers than CPUs.
+    # Sleeping items wait: the plan overlaps the waits on more threads than CPUs.
     # The report used to run only up to the CPU count and miss the chosen plan.
     report = workloads.sleepy.explain([0.005] * 80, run=True)
-    assert report.plan.executor == "process"
+    assert report.plan.executor == "thread", report.plan.reason
     assert report.plan.n_jobs > 2
     assert report.runs[report.plan.n_jobs].n_jobs == report.plan.n_jobs
     assert "chosen plan: wall" in str(report)
@@ -89,7 +89,7 @@ def test_the_chosen_plan_is_in_the_table_even_when_many_are_predicted_faster() -
     assert [(c["n_jobs"], c["chunksize"]) for c in ranked].index(chosen) >= 12
     text = str(report)
     [row] = [line for line in text.splitlines() if line.endswith("<- chosen")]
-    assert row.split()[:2] == [str(n) for n in chosen]
+    assert row.split()[:3] == ["process", *(str(n) for n in chosen)]
     assert f"decision: {chosen[0]} workers, chunks of {chosen[1]}" in text
     assert f"... {len(ranked) - 13} more in to_dict()" in text
 

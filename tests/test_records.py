@@ -79,7 +79,7 @@ def test_nan_and_schema_errors_are_rejected() -> None:
         lambda o: o.update(format=99),
         lambda o: o.update(kind="costs"),
         lambda o: o.pop("plan"),
-        lambda o: o["plan"].update(executor="thread"),
+        lambda o: o["plan"].update(executor="fibers"),
         lambda o: o.update(created="yesterday"),
     ):
         obj = json.loads(json.dumps(good))

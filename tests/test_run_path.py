@@ -16,7 +16,7 @@ def test_overrides_leave_the_stored_plan_and_its_counters_alone() -> None:
     items = list(range(200))
     assert stateful.waits.map(items) == items
     plan = stateful.waits.plan(items)
-    assert plan.executor == "process", plan.reason  # 1 s of sleeping: parallel by any measure
+    assert plan.executor in ("thread", "process"), plan.reason  # 1 s of sleeping: parallel by any measure
     other = 2 if plan.n_jobs != 2 else 3
     learned = stateful.waits.cache_info().learned  # the first, planned run may teach (a busy machine)
     for _ in range(3):

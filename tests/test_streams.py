@@ -41,10 +41,6 @@ def _planned_serial(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(autopar.planner, "decide", serial_first)
 
 
-def test_a_short_streams_plan_is_serial() -> None:
-    assert workloads.tiny_pid.plan(_stream(20_000)).executor == "serial"
-
-
 def test_a_long_stream_moves_to_workers_and_loses_nothing(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

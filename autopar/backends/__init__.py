@@ -1,8 +1,10 @@
 """Backends: where chunks run. One interface (:class:`~.base.Backend`), one registry.
 
 ``serial`` (this process; also the reference in tests), ``process`` (a watched
-``multiprocessing.Pool``, kept warm between calls) and ``dask`` (the active
-``distributed.Client``, imported only when asked for). A new backend is one module
+``multiprocessing.Pool``, kept warm between calls), ``thread`` (warm threads in
+this process) and ``dask`` (the active ``distributed.Client``, imported only when
+asked for). ``auto`` is not a backend but a choice: the planner picks threads or
+processes by what it measures. A new backend is one module
 with a class that implements :class:`~.base.Backend` and a line in :data:`BACKENDS`.
 """
 
@@ -13,11 +15,13 @@ from typing import Any
 from .base import Backend
 from .process import ProcessBackend
 from .serial import SerialBackend
+from .thread import ThreadBackend
 
-__all__ = ["BACKENDS", "Backend", "ProcessBackend", "SerialBackend", "check_backend", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "ProcessBackend", "SerialBackend", "ThreadBackend", "check_backend", "get_backend"]
 
-#: Every backend name ``.map(backend=...)`` accepts.
-BACKENDS = ("process", "dask", "serial")
+#: Every backend name ``.map(backend=...)`` accepts (``auto``: threads or processes,
+#: as the planner measures).
+BACKENDS = ("auto", "process", "thread", "dask", "serial")
 
 
 def check_backend(name: object) -> None:
@@ -37,10 +41,18 @@ def get_backend(name: str, *, start_method: str, client: Any = None) -> Backend:
     serial plan costs microseconds); a Dask backend asks for the active client.
     """
     check_backend(name)
+    if name == "auto":
+        name = "process"  # the planner may also choose threads: see autopar.run.Target
     if name != "dask":
         backend = _local.get((name, start_method))
         if backend is None:
-            made = SerialBackend() if name == "serial" else ProcessBackend(start_method, reuse=True)
+            made: Backend
+            if name == "serial":
+                made = SerialBackend()
+            elif name == "thread":
+                made = ThreadBackend()
+            else:
+                made = ProcessBackend(start_method, reuse=True)
             backend = _local[(name, start_method)] = made
         return backend
     from .dask import DaskBackend  # imports distributed: only when asked for

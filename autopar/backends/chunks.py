@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..errors import RemoteTraceback, UnpicklableError
-from ..notes import add_note
+from ..notes import add_note, item_index
 from ..serialization import dumps, pickle_problem
 from .base import Run
 from .failures import ItemFailure
@@ -142,14 +142,31 @@ def collect(
     about ``bytes_in_flight`` pickled bytes) sent and not yet received, so a large
     input is never pickled whole ahead of the workers. ``submit`` returns the bytes
     it sent; ``before_send`` may raise (a deadline) before each further chunk;
-    ``first`` is a chunk already sent, as ``(start, bytes)``."""
+    ``first`` is a chunk already sent, as ``(start, bytes)``.
+
+    When an item fails, nothing more is sent, and the chunks before it are still
+    received: the exception raised is the first failing item's in input order, as
+    a serial loop would raise, not the first to arrive.
+    """
     results: list[Any] = [None] * total
     sizes: dict[int, int] = {}
     if first is not None:
         sizes[first[0]] = first[1]
+    failure: tuple[int, BaseException] | None = None
 
     def receive() -> None:
-        begin, values = run.receive()
+        nonlocal failure
+        try:
+            begin, values = run.receive()
+        except Exception as exc:
+            index = item_index(exc)
+            failed = max((b for b in sizes if index is not None and b <= index), default=None)
+            if index is None or failed is None:
+                raise  # not an item's failure (a crash, a timeout): at once
+            del sizes[failed]
+            if failure is None or index < failure[0]:
+                failure = (index, exc)
+            return
         sizes.pop(begin, None)
         results[begin - start : begin - start + len(values)] = values
         if progress is not None:
@@ -158,11 +175,15 @@ def collect(
     for begin, chunk in chunks:
         while sizes and (len(sizes) >= in_flight or sum(sizes.values()) >= bytes_in_flight):
             receive()
+        if failure is not None:
+            break
         if before_send is not None and sizes:
             before_send()
         sizes[begin] = submit(begin, chunk)
-    while len(run.pending):
+    while len(run.pending) and (failure is None or any(b < failure[0] for b in sizes)):
         receive()
+    if failure is not None:
+        raise failure[1]
     return results
 
 
