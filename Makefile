@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all test-pythons lint bench bench-converge bench-overhead clean
+.PHONY: demo test test-all test-pythons lint bench bench-converge bench-threads bench-overhead clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 bench-converge: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench,dask]"
 	$(BIN)/python benchmarks/converge.py
+
+bench-threads: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(BIN)/python benchmarks/threads.py
 
 bench-overhead: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py

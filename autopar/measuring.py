@@ -21,7 +21,7 @@ from typing import Any
 
 from .model import IO_BOUND_CPU_FRACTION, STREAM_ASSUMED_ITEMS
 from .notes import add_item_note
-from .sampling import Sampler, runnable_seconds
+from .sampling import Sampler
 from .system import NATIVE_POOL_MODULES, THREAD_VARS, mark_thread_worker
 
 __all__ = [
@@ -66,10 +66,15 @@ THREADS_WORTH_S = 20e-3
 #: Each of the two threads runs about this much work while scaling is measured
 #: (every result is kept): a virtual CPU left idle can take a millisecond to wake,
 #: which on a 1 ms window read as "holds the GIL" for zlib work (0.9x; 1.5-1.85x
-#: with 4-9 ms per thread on the same 2-core machine).
+#: with 4-9 ms per thread on the same 2-core machine)...
 SCALING_TARGET_S = 4e-3
+#: ...and up to this much when the run is long (:data:`SCALING_SHARE` of it): work
+#: that holds the GIL keeps the second thread from starting for a switch interval
+#: (5 ms), and the speedup is read only while both run.
+SCALING_LONG_S = 15e-3
+SCALING_SHARE = 0.05
 #: Items per thread at most (tiny items): enough for a steady wall time.
-SCALING_MAX_ITEMS = 256
+SCALING_MAX_ITEMS = 4096
 
 
 def spread_positions(low: int, high: int) -> Iterator[int]:
@@ -219,7 +224,7 @@ def thread_scaling(n_items: int | None, sampler: Sampler, source: Iterator[Any],
         reading, exhausted = _reading(n_items, sampler, source, items)
         if reading is not None:
             readings.append(reading)
-        if exhausted or reading is None or reading >= SCALING_CLEAR:
+        if exhausted or (reading is not None and reading >= SCALING_CLEAR):
             break
     sampler.thread_scaling = max(readings) if readings else None
     return exhausted
@@ -235,7 +240,9 @@ def _reading(
 ) -> tuple[float | None, bool]:
     """One two-thread run of the next items: its speedup, and whether the input ran out."""
     per_item = sampler.median_s()
-    per_thread = max(1, min(SCALING_MAX_ITEMS, math.ceil(SCALING_TARGET_S / per_item) if per_item > 0 else 1))
+    run_s = (n_items if n_items is not None else STREAM_ASSUMED_ITEMS) * per_item
+    target = min(SCALING_LONG_S, max(SCALING_TARGET_S, SCALING_SHARE * run_s))
+    per_thread = max(1, min(SCALING_MAX_ITEMS, math.ceil(target / per_item) if per_item > 0 else 1))
     positions = sampler.positions if items is not None else None
     if positions is not None and items is not None:
         chosen = list(itertools.islice(positions, 2 * per_thread))
@@ -276,6 +283,9 @@ def _reading(
             add_item_note(failure.exc, len(sampler.items), batch[first_failed])
             raise failure.exc
         sampler.keep(batch, pair.results)
+    ran_out = positions is None and len(batch) < 2 * per_thread
+    if pair.overlap <= 0:  # the threads hardly ran at the same time: no reading
+        return None, ran_out
     cpu_fraction = min(1.0, sampler.cpu_fraction())
     if cpu_fraction >= IO_BOUND_CPU_FRACTION:  # CPU work: in parallel only as far as it used two CPUs
         reading = min(pair.overlap, pair.concurrency)
@@ -287,7 +297,6 @@ def _reading(
         "autopar: two threads: overlap %.2f, %.2f CPUs, the sample's CPU share %.2f",
         pair.overlap, pair.concurrency, cpu_fraction,
     )  # fmt: skip
-    ran_out = positions is None and len(batch) < 2 * per_thread
     return max(0.0, reading), ran_out
 
 
@@ -328,46 +337,115 @@ def _serially(sampler: Sampler, batch: list[Any], positions: list[int] | None = 
 
 
 def _on_two_threads(func: Callable[[Any], Any], batch: list[Any]) -> _Pair:
-    """``batch`` split between two new threads started together."""
+    """``batch`` split between two new threads started together; the speedup is read
+    only while both threads are inside their items.
+
+    The second thread may start milliseconds after the first (an idle virtual CPU
+    wakes slowly; work that holds the GIL keeps it out for a switch interval), and
+    one finishes before the other: those stretches say nothing about running two at
+    once. So this thread reads both threads' CPU clocks (and their waits for a CPU)
+    when both have begun and again when the first one ends.
+    """
     half = (len(batch) + 1) // 2
     parts = [batch[:half], batch[half:]]
     out: list[list[Any]] = [[], []]
-    item_s = [0.0, 0.0]
-    cpu = [0.0, 0.0]
-    waited = [0.0, 0.0]
+    native = [0, 0]
+    began = [threading.Event(), threading.Event()]
+    ended = threading.Event()
+    read = threading.Event()
     ready = threading.Barrier(3)
 
     def work(k: int) -> None:
         mark_thread_worker()  # a .map inside the function runs serially, as on workers
+        native[k] = threading.get_native_id()
         ready.wait()
-        cpu0, waited0 = time.thread_time(), runnable_seconds()
-        perf = time.perf_counter
+        began[k].set()
         results = out[k]
         try:
             for item in parts[k]:
-                t0 = perf()
                 try:
                     results.append(func(item))
                 except BaseException as exc:  # noqa: BLE001 - raised or kept by the caller
                     results.append(_Failed(exc))
                     return
-                finally:
-                    item_s[k] += perf() - t0
         finally:
-            cpu[k], waited[k] = time.thread_time() - cpu0, runnable_seconds() - waited0
+            ended.set()
+            read.wait(_READ_WAIT_S)  # alive until its CPU clock is read: an ended thread has none
 
     threads = [threading.Thread(target=work, args=(k,), name="autopar-sample", daemon=True) for k in (0, 1)]
     for thread in threads:
         thread.start()
     ready.wait()
-    began = time.perf_counter()
+    reading = _Window([t.ident or 0 for t in threads], native)
+    for event in began:
+        event.wait()
+    try:
+        if not ended.is_set():
+            reading.open()
+            ended.wait()
+            reading.close()
+    finally:
+        read.set()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - began
-    # Each thread's wait for a CPU delays the pair by about half of it (fully if the
-    # other was waiting for the GIL meanwhile: counted low, erring towards "holds the GIL").
-    net = max(wall - sum(waited) / 2, 0.5 * wall, 1e-9)
-    busy = sum(item_s) - sum(waited)
     results = [*out[0], *([_Missing()] * (len(parts[0]) - len(out[0]))), *out[1]]
     results += [_Missing()] * (len(batch) - len(results))
-    return _Pair(results, max(0.0, busy) / net, sum(cpu) / net)
+    return _Pair(results, *reading.speedup())
+
+
+#: How long a sampling thread that ended waits for its clock to be read, at most.
+_READ_WAIT_S = 5.0
+
+
+class _Window:
+    """Both threads' CPU clocks and run-queue waits, read from this thread at the
+    window's two ends (Linux: ``pthread_getcpuclockid`` and ``/proc/self/task``)."""
+
+    def __init__(self, idents: list[int], native: list[int]) -> None:
+        getclock = getattr(time, "pthread_getcpuclockid", None)
+        try:
+            self.clocks = [getclock(ident) for ident in idents] if getclock is not None else []
+        except OSError:
+            self.clocks = []
+        self.native = native
+        self.start: tuple[float, float, float] | None = None
+        self.stop: tuple[float, float, float] | None = None
+
+    def _now(self) -> tuple[float, float, float]:
+        cpu = sum(time.clock_gettime(clock) for clock in self.clocks)
+        return time.perf_counter(), cpu, sum(_task_waited(tid) for tid in self.native)
+
+    def open(self) -> None:
+        if self.clocks:
+            with contextlib.suppress(OSError):
+                self.start = self._now()
+
+    def close(self) -> None:
+        if self.start is not None:
+            with contextlib.suppress(OSError):
+                self.stop = self._now()
+
+    def speedup(self) -> tuple[float, float]:
+        """Items in flight and CPUs used per wall second in the window; (0, 0) when
+        there was none. Time the threads waited for a CPU is the machine's, not the
+        work's: work off the GIL keeps both threads running or waiting, so its CPU
+        seconds are 2 * window - waits, which over window - waits / 2 reads 2
+        whatever the load; work on the GIL has one thread at most running or
+        waiting, and reads at most 1."""
+        if self.start is None or self.stop is None:
+            return 0.0, 0.0
+        wall = self.stop[0] - self.start[0]
+        if wall <= 0:
+            return 0.0, 0.0
+        waits = max(0.0, self.stop[2] - self.start[2])
+        net = max(wall - waits / 2, 0.1 * wall)
+        return 2.0, max(0.0, self.stop[1] - self.start[1]) / net
+
+
+def _task_waited(native_id: int) -> float:
+    """Seconds a thread of this process (by native id) waited for a CPU; 0 unknown."""
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0

@@ -116,8 +116,9 @@ def test_pure_python_measures_as_holding_the_gil() -> None:
     sampler = Sampler(_python)
     sampler.run(iter(range(5)), max_items=5, budget_s=1.0)
     thread_scaling(None, sampler, iter(range(5, 200)), None)
-    assert sampler.thread_scaling is not None
-    assert sampler.thread_scaling < THREAD_SCALING_MIN, "two threads cannot run Python on two CPUs"
+    # No reading at all is possible too: the second thread may not start before the first ends.
+    scaling = sampler.thread_scaling
+    assert scaling is None or scaling < THREAD_SCALING_MIN, "two threads cannot run Python on two CPUs"
     assert sampler.results == [_python(x) for x in sampler.items], "results kept, in order"
 
 
