@@ -117,7 +117,8 @@ def _cache_list(args: argparse.Namespace) -> int:
         print("no plans stored")
         return 0
     for r in rows:
-        plan = "serial" if r["executor"] == "serial" else f"{r['n_jobs']} workers x {r['chunksize']}"
+        unit = "threads" if r["executor"] == "thread" else "workers"
+        plan = "serial" if r["executor"] == "serial" else f"{r['n_jobs']} {unit} x {r['chunksize']}"
         print(
             f"{r['function']}  size {r['size_bucket']} time t{r['time_bucket']}  {plan}  "
             f"age {_age(r['age_s'])}  {r['reason']}"

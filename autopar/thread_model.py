@@ -11,7 +11,7 @@ holds the GIL (Amdahl's law on two threads)::
 For ``n`` threads and chunks of ``c`` items a run is predicted to take::
 
     (new threads) * THREAD_START_S
-  + max( busiest thread's chunks, each c * t + THREAD_CHUNK_S  (+ spread)
+  + max( busiest thread's chunks, each c * t + THREAD_CHUNK_S  (+ spread, + tail)
        , N * t * ( gil                                  held: one thread at a time
                  + (cpu - gil) / min(n, cores)          native code sharing the cores
                  + (1 - cpu) / n )                      waits, all overlapping
@@ -49,9 +49,15 @@ __all__ = [
 #: Starting one thread (and later letting it go): ~60-100 us measured on a 2-core
 #: Linux machine with ``threading.Thread().start()``; warm threads cost nothing.
 THREAD_START_S = 100e-6
-#: Handing one chunk to a thread and its results back: a queue put, a wake-up and
-#: a get on each side (~15-40 us measured), holding the GIL all the while.
-THREAD_CHUNK_S = 30e-6
+#: Handing one chunk to a thread and its results back, holding the GIL: a map's
+#: threads take chunk bounds under a lock and write results in place (~5-7 us per
+#: chunk measured on 2 threads; ~14 us through a stream's queues).
+THREAD_CHUNK_S = 10e-6
+#: Threads never finish in lockstep (a virtual CPU stalls, a chunk is slower): on
+#: average the others wait this share of a chunk's work for the last one. Chunks
+#: are cheap to hand over, so this makes them small (with 2 threads, chunks of 10
+#: items of 5 ms cost 7 % against ThreadPool's chunks of 1).
+TAIL_SHARE = 0.5
 #: Two threads must run items at least this much faster than one for threads to be
 #: weighed at all. GIL-bound work measures 0.9-1.1x; a timing that reads 1.3x on a
 #: busy machine still leaves a margin, and work that really releases the GIL
@@ -132,7 +138,7 @@ def predict_threads(w: Workload, n_threads: int, chunksize: int, cores: int, war
     # time only when every thread has the same number of full ones.
     last = rest * t + THREAD_CHUNK_S if rest else 0.0
     busiest = (rounds + 1) * chunk_time if extra else rounds * chunk_time + last
-    busiest += VARIANCE_Z * cv * t * math.sqrt(chunksize)
+    busiest += VARIANCE_Z * cv * t * math.sqrt(chunksize) + TAIL_SHARE * chunksize * t
     share = gil + (cpu_fraction - gil) / min(n_threads, max(1, cores)) + (1.0 - cpu_fraction) / n_threads
     overlapped = n_items * t * share + n_chunks * THREAD_CHUNK_S
     return start + max(busiest, overlapped)

@@ -84,7 +84,7 @@ def test_a_streams_plan_says_its_sample_was_a_prefix() -> None:
     from autopar.store import get_store
     from autopar.system import usable_cpus
 
-    list(workloads.tiny_pid.imap(_stream(3000)))
+    list(workloads.tiny_pid.imap(_stream(30_000)))  # long enough not to be all evaluated while measuring
     store = get_store()
     keys = [k for k in store.list_keys() if k.startswith("plan:") and ":nu:" in k]
     assert keys, "a plan for a stream of unknown length was stored"

@@ -17,7 +17,8 @@ class Backend(Protocol):
     """Runs a function over items; ``map`` returns results in input order.
 
     Every backend takes what callers really pass: ``timeout`` (seconds for the
-    whole call), ``progress`` (called with each finished chunk's item count) and,
+    whole call), ``progress`` (called with the count of items finished since its
+    last call: each chunk's, or a few chunks' at once) and,
     for ``map``, ``busy`` (filled with each worker's computing seconds, when the
     backend can tell).
     """

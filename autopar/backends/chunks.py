@@ -21,6 +21,7 @@ from .base import Run
 from .failures import ItemFailure
 
 __all__ = [
+    "chunk_bounds",
     "chunk_slices",
     "collect",
     "evaluate",
@@ -62,23 +63,29 @@ def pickle_chunk(chunk: Sequence[Any], start: int, where: str = "a worker") -> b
     return pickle_values(list(chunk), start, f"item {{index}} cannot be sent to {where}: {{problem}}")
 
 
-def chunk_slices(
-    items: Sequence[Any], start: int, chunksize: int, skip: Sequence[int] = ()
-) -> Iterator[tuple[int, Sequence[Any]]]:
-    """``(first index, items)`` slices of ``items[start:]``, made only as they are asked for.
+def chunk_bounds(end: int, start: int, chunksize: int, skip: Sequence[int] = ()) -> Iterator[tuple[int, int]]:
+    """``(first, stop)`` index bounds of the chunks of ``range(start, end)``.
 
     Positions in ``skip`` (sorted; items the sampler already evaluated) are left
     out: a chunk ends before each, so every chunk is a contiguous run of real
     positions and every index a worker reports is the item's own.
     """
-    end = len(items)
     holes = [p for p in skip if start <= p < end]
     holes.append(end)
     first = start
     for hole in holes:
         for begin in range(first, hole, chunksize):
-            yield begin, items[begin : min(begin + chunksize, hole)]
+            yield begin, min(begin + chunksize, hole)
         first = hole + 1
+
+
+def chunk_slices(
+    items: Sequence[Any], start: int, chunksize: int, skip: Sequence[int] = ()
+) -> Iterator[tuple[int, Sequence[Any]]]:
+    """``(first index, items)`` slices of ``items[start:]`` (see :func:`chunk_bounds`),
+    made only as they are asked for."""
+    for begin, stop in chunk_bounds(len(items), start, chunksize, skip):
+        yield begin, items[begin:stop]
 
 
 def stream_chunks(source: Iterator[Any], offset: int, chunksize: int) -> Iterator[tuple[int, list[Any]]]:

@@ -5,9 +5,13 @@ disks and networks) threads beat worker processes: nothing starts, nothing is
 pickled, nothing is copied. The planner chooses them only when the sample measured
 that the work scales on them (:mod:`autopar.thread_model`).
 
-A call takes ``n_jobs`` idle threads (starting any that are missing) for itself,
-drives them through the shared chunk pipeline (:mod:`.chunks`), and gives them
-back; threads idle for :data:`THREAD_IDLE_TIMEOUT_S` end. A running Python thread
+A call takes ``n_jobs`` idle threads (starting any that are missing) for itself and
+gets them back before it returns; threads idle for :data:`THREAD_IDLE_TIMEOUT_S`
+end. ``map`` shares its input and results list with the threads: each takes the
+next chunk's bounds and writes its results in place, so the caller wakes once,
+not once per chunk (a queue round trip per chunk cost ~14 us against
+``ThreadPool``'s ~2 us). ``imap`` streams through the shared chunk pipeline
+(:mod:`.chunks`), reading its input only a few chunks ahead. A running Python thread
 cannot be killed: a timeout, Ctrl-C or a failure stops handing out chunks and tells
 running ones to stop at their next item, but an item already running finishes in
 the background. Use ``backend="process"`` for work that must be stoppable.
@@ -28,7 +32,7 @@ from ..errors import TaskTimeoutError
 from ..notes import add_item_note
 from ..system import mark_thread_worker, on_fork_in_child, usable_cpus
 from .base import Sendable
-from .chunks import chunk_slices, collect, span, stream, stream_chunks
+from .chunks import chunk_bounds, span, stream, stream_chunks
 from .serial import _callable
 
 __all__ = ["THREAD_IDLE_TIMEOUT_S", "ThreadBackend", "WarmThreads"]
@@ -46,12 +50,15 @@ CHUNKS_PER_THREAD = 2
 STREAM_BUFFER_PER_THREAD = 16
 #: At interpreter exit, how long idle threads are given to end.
 EXIT_JOIN_S = 1.0
+#: How long a call that ended well waits for its threads to be back in the pool
+#: (they are on their way: only a bound on a thread that hangs in give_back).
+RETURN_WAIT_S = 1.0
 
 _STOP = object()
 
 
 class _Call:
-    """One call's chunks on its threads: the :class:`~.base.Run` the drivers use."""
+    """One ``imap``'s chunks on its threads: the :class:`~.base.Run` the stream driver uses."""
 
     def __init__(self, func: Callable[[Any], Any], deadline: float | None) -> None:
         self.func = func
@@ -62,6 +69,7 @@ class _Call:
         self.cancelled = False
         #: Seconds each thread (by ident) spent on this call's chunks.
         self.busy: dict[int, float] = {}
+        self.returned = threading.Semaphore(0)
 
     def submit(self, start: int, chunk: Sequence[Any]) -> int:
         """Queue a chunk for the call's threads; nothing is pickled (0 bytes sent)."""
@@ -90,34 +98,122 @@ class _Call:
     def check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             spans = ", ".join(span(s, c) for s, c in sorted(self.pending.items())[:5])
-            msg = (
-                f"timed out with {len(self.pending)} chunk(s) unfinished ({spans}); items already "
-                "running on threads finish in the background (a Python thread cannot be stopped: "
-                'use backend="process" for work that must be)'
-            )
-            raise TaskTimeoutError(msg)
+            raise TaskTimeoutError(_timed_out(len(self.pending), spans))
 
-    def run_chunk(self, start: int, items: list[Any]) -> None:
-        """In a worker thread: the chunk's items, stopping early once the call is cancelled."""
+    def serve(self) -> None:
+        """In a worker thread: the call's chunks until its end marker."""
+        while (task := self.tasks.get()) is not None:
+            if not self.cancelled:
+                self._run_chunk(*task)
+
+    def stop(self, n_threads: int) -> None:
+        """No more chunks: each of the call's threads gets an end marker."""
+        if self.pending:
+            self.cancelled = True
+        for _ in range(n_threads):
+            self.tasks.put(None)
+
+    def _run_chunk(self, start: int, items: list[Any]) -> None:
         func = self.func
         results: list[Any] = []
         append = results.append
         began = time.perf_counter()
+        outcome: tuple[int, bool, Any] | None = None
         index = start
-        try:
-            for item in items:
-                if self.cancelled:
+        for item in items:
+            if self.cancelled:
+                break
+            try:
+                append(func(item))
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too goes to the caller
+                outcome = (start, False, (exc, index, item))
+                break
+            index += 1
+        else:
+            outcome = (start, True, results)
+        ident = threading.get_ident()
+        self.busy[ident] = self.busy.get(ident, 0.0) + time.perf_counter() - began  # before the caller hears
+        if outcome is not None:
+            self.done.put(outcome)
+
+
+class _MapCall:
+    """One ``map``: its threads take chunk bounds in order and write results in place.
+
+    The first failure in input order wins, as in a serial loop: once an item
+    fails, chunks after it are skipped (and running ones stop at their next item),
+    while chunks before it still run, since one of them may fail earlier.
+    """
+
+    def __init__(
+        self,
+        func: Callable[[Any], Any],
+        items: Sequence[Any],
+        bounds: list[tuple[int, int]],
+        results: list[Any],
+        offset: int,
+    ) -> None:
+        self.func, self.items, self.bounds, self.results, self.offset = func, items, bounds, results, offset
+        self.lock = threading.Lock()
+        self.next = 0
+        self.finished = 0
+        self.items_done = 0
+        self.all_done = threading.Event()
+        self.cancelled = False
+        self.failure: tuple[int, BaseException] | None = None
+        self.busy: dict[int, float] = {}
+        self.returned = threading.Semaphore(0)
+        if not bounds:
+            self.all_done.set()
+
+    def serve(self) -> None:
+        """In a worker thread: chunks until none is left."""
+        func, items, results, offset = self.func, self.items, self.results, self.offset
+        ident = threading.get_ident()
+        while not self.cancelled:
+            with self.lock:
+                if self.next >= len(self.bounds):
                     return
+                begin, stop = self.bounds[self.next]
+                self.next += 1
+            began = time.perf_counter()
+            index = begin
+            while index < stop and not self.cancelled:
+                failure = self.failure
+                if failure is not None and index > failure[0]:
+                    break  # an earlier item failed: this one's turn never comes
                 try:
-                    append(func(item))
+                    results[index - offset] = func(items[index])
                 except BaseException as exc:  # noqa: BLE001 - SystemExit too goes to the caller
-                    self.done.put((start, False, (exc, index, item)))
-                    return
+                    with self.lock:
+                        if self.failure is None or index < self.failure[0]:
+                            self.failure = (index, exc)
+                    break
                 index += 1
-            self.done.put((start, True, results))
-        finally:
-            ident = threading.get_ident()
-            self.busy[ident] = self.busy.get(ident, 0.0) + time.perf_counter() - began
+            with self.lock:
+                self.busy[ident] = self.busy.get(ident, 0.0) + time.perf_counter() - began
+                self.items_done += index - begin
+                self.finished += 1
+                if self.finished == len(self.bounds):
+                    self.all_done.set()
+
+    def stop(self, n_threads: int) -> None:
+        """Unfinished chunks are dropped, running ones stop at their next item."""
+        if not self.all_done.is_set():
+            self.cancelled = True
+
+    def unfinished(self) -> int:
+        with self.lock:
+            return len(self.bounds) - self.finished
+
+
+def _timed_out(unfinished: int, spans: str = "") -> str:
+    where = f" ({spans})" if spans else ""
+    return (
+        f"timed out with {unfinished} chunk(s) unfinished{where}; items already running on threads "
+        'finish in the background (a Python thread cannot be stopped: use backend="process" for work '
+        "that must be)"
+    )
 
 
 class _Worker:
@@ -140,14 +236,11 @@ class _Worker:
                 continue  # taken for a call just as it timed out: its call is in the inbox
             if call is _STOP:
                 return
-            self._serve(call)
-            self.pool.give_back(self)
-
-    @staticmethod
-    def _serve(call: _Call) -> None:
-        while (task := call.tasks.get()) is not None:
-            if not call.cancelled:
-                call.run_chunk(*task)
+            try:
+                call.serve()
+            finally:
+                self.pool.give_back(self)
+                call.returned.release()  # the caller may return: this thread is warm again
 
 
 class WarmThreads:
@@ -158,15 +251,28 @@ class WarmThreads:
         self._idle: list[_Worker] = []
         self._closed = False
 
-    def lend(self, n: int, call: _Call) -> int:
-        """Give ``call`` to ``n`` threads (idle ones first); returns how many were new."""
+    def lend(self, n: int, call: _Call | _MapCall) -> int:
+        """Give ``call`` to ``n`` threads (idle ones first); returns how many it got.
+
+        When a thread cannot be started, the call runs on the threads it has (at
+        least one, or the error is raised); threads taken are never lost.
+        """
         with self._lock:
             taken = [self._idle.pop() for _ in range(min(n, len(self._idle)))]
-        new = n - len(taken)
-        taken += [_Worker(self) for _ in range(new)]
+        try:
+            while len(taken) < n:
+                taken.append(_Worker(self))
+        except RuntimeError:  # "can't start new thread": go on with fewer
+            if not taken:
+                raise
+            logger.warning("autopar: could only start %d of %d threads", len(taken), n)
+        except BaseException:
+            with self._lock:
+                self._idle.extend(taken)
+            raise
         for worker in taken:
             worker.inbox.put(call)
-        return new
+        return len(taken)
 
     def give_back(self, worker: _Worker) -> None:
         with self._lock:
@@ -260,27 +366,32 @@ class ThreadBackend:
         busy: dict[int, float] | None = None,
         skip: Sequence[int] = (),
     ) -> list[Any]:
-        """Results of ``func`` on ``items[start:]`` in order (None at ``skip`` positions)."""
+        """Results of ``func`` on ``items[start:]`` in order (None at ``skip`` positions).
+
+        The caller waits for the last chunk, waking every :data:`POLL_S` to report
+        progress and check the deadline; the first failing item in input order is
+        raised, with a note naming it.
+        """
         total = len(items) - start
         if total <= 0:
             return []
         deadline = None if timeout is None else time.monotonic() + timeout
-        call = _Call(_callable(func), deadline)
-        chunks = chunk_slices(items, start, chunksize, skip)
-        with self._lent(call, n_jobs):
-            results = collect(
-                call,
-                call.submit,
-                chunks,
-                start=start,
-                total=total,
-                in_flight=n_jobs * CHUNKS_PER_THREAD,
-                bytes_in_flight=1,  # nothing is pickled: only the chunk count bounds it
-                progress=progress,
-                before_send=call.check_deadline,
-            )
+        bounds = list(chunk_bounds(len(items), start, max(1, chunksize), skip))
+        results: list[Any] = [None] * total
+        call = _MapCall(_callable(func), items, bounds, results, start)
+        reported = 0
+        with self._lent(call, min(n_jobs, max(1, len(bounds)))):
+            while not call.all_done.wait(POLL_S if deadline is None else min(POLL_S, _left(deadline))):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TaskTimeoutError(_timed_out(call.unfinished()))
+                reported = _report(progress, call.items_done, reported)
+            _report(progress, call.items_done, reported)
         if busy is not None:
             busy.update(call.busy)
+        if call.failure is not None:
+            index, exc = call.failure
+            add_item_note(exc, index, items[index])
+            raise exc
         return results
 
     def imap(
@@ -311,16 +422,32 @@ class ThreadBackend:
 
     @staticmethod
     @contextlib.contextmanager
-    def _lent(call: _Call, n_jobs: int) -> Iterator[None]:
-        """``n_jobs`` threads serve ``call`` while the block runs; however it ends,
-        queued chunks are dropped and running ones stop at their next item."""
+    def _lent(call: _Call | _MapCall, n_jobs: int) -> Iterator[None]:
+        """Threads serve ``call`` while the block runs. However it ends, unfinished
+        chunks are dropped and running ones stop at their next item; when it ends
+        well, the threads are back in the pool before the caller goes on (the next
+        call finds them warm)."""
         n_jobs = max(1, n_jobs)
         with _native_share(n_jobs):
-            _threads.lend(n_jobs, call)
+            lent = 0
+            clean = False
             try:
+                lent = _threads.lend(n_jobs, call)
                 yield
+                clean = True
             finally:
-                if call.pending:
-                    call.cancelled = True
-                for _ in range(n_jobs):
-                    call.tasks.put(None)
+                call.stop(lent)
+                if clean:
+                    for _ in range(lent):
+                        call.returned.acquire(timeout=RETURN_WAIT_S)
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _report(progress: Callable[[int], None] | None, done: int, reported: int) -> int:
+    """Tell ``progress`` about the items finished since the last report."""
+    if progress is not None and done > reported:
+        progress(done - reported)
+    return done
