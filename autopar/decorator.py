@@ -350,7 +350,9 @@ class AutoParallel(Generic[P, R]):
             options=self._options,
             chunksize=self._chunksize,
             start_method=method,
-            target=Target.named(name, method),
+            # Per-worker setup holds what is often bound to one thread (a database
+            # connection, a model with its own thread pool): its functions get processes.
+            target=Target.named(name, method, threads=self._setup is None),
             shipment=lambda: shipper.shipment(self._start_method()),
             ship_problem=lambda: shipper.problem(self._start_method()),
             count=self._count,

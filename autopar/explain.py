@@ -315,7 +315,7 @@ def _threads_line(profile: dict[str, Any]) -> str:
     scaling = profile.get("thread_scaling")
     build = "" if gil_enabled() else "; free-threaded Python, the GIL is off"
     if scaling is None:
-        return f"threads: not measured (not allowed, or too little work to matter){build}"
+        return f"threads: not measured (not allowed, too little work to matter, or no clear reading){build}"
     verdict = "releases the GIL" if scaling >= THREAD_SCALING_MIN else "holds the GIL: threads are not weighed"
     return f"threads: {scaling:.2f}x on 2 threads ({verdict}){build}"
 

@@ -128,6 +128,9 @@ def learn(
         lambda x: x, name, "", None, options, store, current_system(options.start_method), None, ship_problem
     )
     request = replace(request, store=store, ship_problem=ship_problem or request.ship_problem, warm=lambda: warm)
+    allowed = stored.get("executors")
+    if isinstance(allowed, list):  # narrower than the call's when the items cannot be pickled
+        request = replace(request, executors=tuple(e for e in request.executors if e in allowed))
     n_items = stored.get("n_items")
     n_items = n_items if type(n_items) is int and n_items > 0 else n_run
     t, why_t = _item_time(float(sampled_s), evidence)
@@ -140,6 +143,7 @@ def learn(
     options_, correction = _options(
         evidence, workload, costs, decision.candidates, cpus, warm, current, n_items, repeated=repeated
     )
+    options_ = [o for o in options_ if o.config == current or _executor(o.config) in ("serial", *request.executors)]
     if not 1 / COSTS_DISAGREE < correction < COSTS_DISAGREE and request.cluster is None:
         # Measured runs far from the model: the machine's costs may have been timed
         # in a busy moment. Measure them again at the next planning.
@@ -173,6 +177,11 @@ def _item_time(sampled_s: float, evidence: Evidence) -> tuple[float, str]:
         said = format_seconds(sampled_s)
         return observed, f"items took {format_seconds(observed)} over {runs} (the sample said {said})"
     return sampled_s, ""
+
+
+def _executor(config: str) -> str:
+    parsed = parse_config(config)
+    return parsed[0] if parsed is not None else "?"
 
 
 def describe(config: str) -> str:

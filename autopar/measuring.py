@@ -8,6 +8,7 @@ sampling is part of the run, serialised, so its budget is a small share of it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import logging
 import math
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .model import IO_BOUND_CPU_FRACTION, STREAM_ASSUMED_ITEMS
+from .model import IO_BOUND_CPU_FRACTION, STREAM_ASSUMED_ITEMS, format_seconds
 from .notes import add_item_note
 from .sampling import Sampler
 from .system import NATIVE_POOL_MODULES, THREAD_VARS, mark_thread_worker
@@ -61,13 +62,14 @@ THREAD_SPEEDUP_MIN = 1.3
 _LIMIT_S = 1e-3
 
 #: Threads are measured only when the serial run is estimated at least this long:
-#: below it they could save a few milliseconds at most, and measuring takes some.
-THREADS_WORTH_S = 20e-3
+#: below it they save 25 ms at most, and two threads' windows of a few ms are hard
+#: to read on a virtual machine (a new thread may wait milliseconds to start).
+THREADS_WORTH_S = 50e-3
 #: Each of the two threads runs about this much work while scaling is measured
 #: (every result is kept): a virtual CPU left idle can take a millisecond to wake,
 #: which on a 1 ms window read as "holds the GIL" for zlib work (0.9x; 1.5-1.85x
 #: with 4-9 ms per thread on the same 2-core machine)...
-SCALING_TARGET_S = 4e-3
+SCALING_TARGET_S = 6e-3
 #: ...and up to this much when the run is long (:data:`SCALING_SHARE` of it): work
 #: that holds the GIL keeps the second thread from starting for a switch interval
 #: (5 ms), and the speedup is read only while both run.
@@ -206,17 +208,21 @@ def thread_scaling(n_items: int | None, sampler: Sampler, source: Iterator[Any],
     would (~1 for work that holds the GIL, ~2 for work that releases it or waits).
     Returns True when the input ran out.
 
-    No reference run is needed, so the items need not resemble each other: the
-    speedup is the items' overlap (their wall times summed, over the pair's wall
-    time). For CPU work it is at most the CPUs both threads used together (CPU
-    seconds per wall second): work that holds the GIL cannot use more than one,
-    whatever the clocks say, so a noisy reading never gives it threads. Noise only
-    lowers readings (a virtual CPU slow to wake, another process), so a reading
-    short of clear is taken again and the higher one kept.
+    Read only while both threads are inside their items (see :func:`_on_two_threads`):
 
-    With random access the items come from across the input, after the spread
-    sample's (their results kept by position; an exception is kept for its turn);
-    otherwise from the stream's prefix (an exception raised as a loop would).
+    * CPU work: the CPU seconds both threads used per wall second. Work that holds
+      the GIL cannot use more than one CPU, so it never reads above 1, whatever the
+      load; a busy machine only lowers readings (and a window in which the threads
+      waited long for a CPU is not read at all).
+    * waiting work: twice the items' serial time over their time on the threads (a
+      lock or a single connection that serialises them makes each take twice as
+      long: ~1).
+
+    A reading in the unclear band is taken again and the higher one kept. With
+    random access the items are a contiguous run from across the input, after the
+    spread sample's (results kept by position; an exception kept for its turn; a
+    contiguous run adds no chunk boundaries to the run); otherwise the stream's
+    prefix (an exception raised as a loop would).
     """
     readings: list[float] = []
     exhausted = False
@@ -224,15 +230,35 @@ def thread_scaling(n_items: int | None, sampler: Sampler, source: Iterator[Any],
         reading, exhausted = _reading(n_items, sampler, source, items)
         if reading is not None:
             readings.append(reading)
-        if exhausted or (reading is not None and reading >= SCALING_CLEAR):
+        if exhausted or sampler.failed is not None:
+            break
+        if reading is not None and not SCALING_UNCLEAR[0] <= reading < SCALING_UNCLEAR[1]:
             break
     sampler.thread_scaling = max(readings) if readings else None
     return exhausted
 
 
-#: Readings taken at most, and the speedup that needs no second one.
+#: Readings taken at most; a reading in this band (or none) is taken again.
 SCALING_READINGS = 2
-SCALING_CLEAR = 1.6
+SCALING_UNCLEAR = (1.1, 1.6)
+#: Measuring is skipped when the two threads' items would be more than this share of
+#: the run: work that holds the GIL runs them no faster than one thread, where
+#: processes would have run them in parallel (6 items of 0.25 s lost 2 of them).
+#: Each thread is pinned to a CPU of its own while measuring: left to the
+#: scheduler, both often queued on one CPU for the first milliseconds.
+SCALING_RUN_SHARE = 0.25
+#: Items per thread at most from a stream (read ahead of the run: a stream of
+#: large items must not be held in memory by the thousand).
+STREAM_SCALING_ITEMS = 64
+
+
+def threads_worth_measuring(n_items: int | None, sampler: Sampler) -> bool:
+    """The run is long enough for threads to matter, and its items short enough
+    that two threads' worth of them is a small part of it."""
+    per_item = sampler.median_s()
+    run_s = (n_items if n_items is not None else STREAM_ASSUMED_ITEMS) * per_item
+    target = min(SCALING_LONG_S, max(SCALING_TARGET_S, SCALING_SHARE * run_s, per_item))
+    return run_s >= THREADS_WORTH_S and 2 * target <= SCALING_RUN_SHARE * run_s
 
 
 def _reading(
@@ -243,39 +269,31 @@ def _reading(
     run_s = (n_items if n_items is not None else STREAM_ASSUMED_ITEMS) * per_item
     target = min(SCALING_LONG_S, max(SCALING_TARGET_S, SCALING_SHARE * run_s))
     per_thread = max(1, min(SCALING_MAX_ITEMS, math.ceil(target / per_item) if per_item > 0 else 1))
+    per_thread = int(min(per_thread, max(1.0, SCALING_RUN_SHARE * run_s / max(per_item, 1e-12) / 2)))
     positions = sampler.positions if items is not None else None
+    chosen: list[int] = []
     if positions is not None and items is not None:
-        chosen = list(itertools.islice(positions, 2 * per_thread))
+        chosen = _contiguous(sampler, positions, len(items), 2 * per_thread)
         batch = [items[p] for p in chosen]
     else:
+        # A stream is read only this far ahead of the run (imap's promise, for large items too).
+        per_thread = min(per_thread, STREAM_SCALING_ITEMS)
         if n_items is not None:
             per_thread = int(min(per_thread, (n_items - len(sampler.items)) // 2))
-        chosen = []
         batch = list(itertools.islice(source, 2 * per_thread)) if per_thread >= 1 else []
     if len(batch) < 2:
         if chosen:
-            try:
-                sampler.keep_at(chosen, batch, _serially(sampler, batch, chosen))
-            except Exception as exc:  # noqa: BLE001 - raised in its turn, as run_at's are
-                if sampler.failed is None or chosen[0] < sampler.failed[0]:
-                    sampler.failed = (chosen[0], exc)
-                return None, True
-            return None, False
+            _keep_at(sampler, chosen, batch, [_evaluated(sampler.func, x) for x in batch])
+            return None, sampler.failed is not None
         sampler.keep(batch, _serially(sampler, batch))
         return None, n_items is None or n_items <= len(sampler.items)
     pair = _on_two_threads(sampler.func, batch)
-    first_failed = next((k for k, result in enumerate(pair.results) if isinstance(result, _Failed)), None)
     if chosen:
-        done = [k for k, r in enumerate(pair.results) if not isinstance(r, (_Failed, _Missing))]
-        sampler.keep_at([chosen[k] for k in done], [batch[k] for k in done], [pair.results[k] for k in done])
-        if first_failed is not None:
-            failure = pair.results[first_failed]
-            assert isinstance(failure, _Failed)
-            add_item_note(failure.exc, chosen[first_failed], batch[first_failed])
-            if sampler.failed is None or chosen[first_failed] < sampler.failed[0]:
-                sampler.failed = (chosen[first_failed], failure.exc)  # type: ignore[assignment]
+        _keep_at(sampler, chosen, batch, pair.results)
+        if sampler.failed is not None:
             return None, True
     else:
+        first_failed = next((k for k, r in enumerate(pair.results) if isinstance(r, _Failed)), None)
         if first_failed is not None:
             failure = pair.results[first_failed]
             assert isinstance(failure, _Failed)
@@ -284,24 +302,64 @@ def _reading(
             raise failure.exc
         sampler.keep(batch, pair.results)
     ran_out = positions is None and len(batch) < 2 * per_thread
-    if pair.overlap <= 0:  # the threads hardly ran at the same time: no reading
-        return None, ran_out
     cpu_fraction = min(1.0, sampler.cpu_fraction())
-    if cpu_fraction >= IO_BOUND_CPU_FRACTION:  # CPU work: in parallel only as far as it used two CPUs
-        reading = min(pair.overlap, pair.concurrency)
-    elif cpu_fraction >= _WAITING_CPU_SHARE:  # waits, and some CPU work that may hold the GIL
-        reading = min(pair.overlap, pair.concurrency / cpu_fraction)
+    if pair.concurrency is None:  # the threads hardly ran at the same time, or waited for CPUs
+        return None, ran_out
+    if cpu_fraction >= _WAITING_CPU_SHARE:  # in parallel only as far as it used more than one CPU
+        reading = pair.concurrency / max(cpu_fraction, IO_BOUND_CPU_FRACTION)
+        if cpu_fraction < IO_BOUND_CPU_FRACTION:  # waits too: those overlap whatever the GIL does
+            reading = min(reading, pair.waiting_speedup(per_item))
     else:
-        reading = pair.overlap
+        reading = pair.waiting_speedup(per_item)
     logger.debug(
-        "autopar: two threads: overlap %.2f, %.2f CPUs, the sample's CPU share %.2f",
-        pair.overlap, pair.concurrency, cpu_fraction,
+        "autopar: two threads: %.2f CPUs, items %s each (alone %s), the sample's CPU share %.2f",
+        pair.concurrency, format_seconds(pair.item_s), format_seconds(per_item), cpu_fraction,
     )  # fmt: skip
-    return max(0.0, reading), ran_out
+    return min(2.0, max(0.0, reading)), ran_out
 
 
-#: Work that uses less than this share of its wall time on a CPU is waiting work:
-#: its GIL-held part is too small to cap what the overlap says.
+def _contiguous(sampler: Sampler, positions: Iterator[int], n_items: int, count: int) -> list[int]:
+    """``count`` positions in a row from the next spread position, skipping any
+    already evaluated: the run's chunks then break around one run, not ``count`` holes."""
+    first = next(positions, None)
+    if first is None:
+        return []
+    failed = sampler.failed[0] if sampler.failed is not None else -1
+    taken: list[int] = []
+    position = first
+    while len(taken) < count and position < n_items:
+        if position not in sampler.scattered and position != failed:
+            taken.append(position)
+        position += 1
+    return taken
+
+
+def _keep_at(sampler: Sampler, chosen: list[int], batch: list[Any], results: list[Any]) -> None:
+    """Results by position; every evaluated position is kept, so the run never evaluates
+    it again: the first failure in input order is held for its turn, later failures
+    (raised after it anyway) are kept as placeholders. A KeyboardInterrupt or
+    SystemExit from an item is raised at once."""
+    for result in results:
+        if isinstance(result, _Failed) and not isinstance(result.exc, Exception):
+            raise result.exc
+    done = [k for k, r in enumerate(results) if not isinstance(r, _Missing)]
+    values = [None if isinstance(results[k], _Failed) else results[k] for k in done]
+    sampler.keep_at([chosen[k] for k in done], [batch[k] for k in done], values)
+    for k in done:
+        result = results[k]
+        if isinstance(result, _Failed):
+            add_item_note(result.exc, chosen[k], batch[k])
+            sampler.fail_at(chosen[k], result.exc)  # type: ignore[arg-type]
+
+
+def _evaluated(func: Callable[[Any], Any], item: Any) -> Any:
+    try:
+        return func(item)
+    except BaseException as exc:  # noqa: BLE001 - kept for its turn by _keep_at
+        return _Failed(exc)
+
+
+#: Work that uses less than this share of its wall time on a CPU is waiting work.
 _WAITING_CPU_SHARE = 0.1
 
 
@@ -317,11 +375,16 @@ class _Missing:
 
 
 class _Pair:
-    """Two threads' run: results in order, the items' overlap (their summed wall
-    times over the pair's) and concurrency (CPU seconds per wall second)."""
+    """Two threads' run: results in order, the CPUs used while both ran (None: not
+    read), and the mean wall seconds of an item on the threads."""
 
-    def __init__(self, results: list[Any], overlap: float, concurrency: float) -> None:
-        self.results, self.overlap, self.concurrency = results, overlap, concurrency
+    def __init__(self, results: list[Any], concurrency: float | None, item_s: float) -> None:
+        self.results, self.concurrency, self.item_s = results, concurrency, item_s
+
+    def waiting_speedup(self, alone_s: float) -> float:
+        """Two threads' throughput over one thread's, from item times: waits that
+        overlap leave an item's time as it was alone."""
+        return 2.0 * alone_s / self.item_s if self.item_s > 0 else 0.0
 
 
 def _serially(sampler: Sampler, batch: list[Any], positions: list[int] | None = None) -> list[Any]:
@@ -337,8 +400,9 @@ def _serially(sampler: Sampler, batch: list[Any], positions: list[int] | None = 
 
 
 def _on_two_threads(func: Callable[[Any], Any], batch: list[Any]) -> _Pair:
-    """``batch`` split between two new threads started together; the speedup is read
-    only while both threads are inside their items.
+    """``batch`` split between two new threads started together (each in a copy of
+    the caller's context: ``decimal`` settings and other context variables follow);
+    the speedup is read only while both threads are inside their items.
 
     The second thread may start milliseconds after the first (an idle virtual CPU
     wakes slowly; work that holds the GIL keeps it out for a switch interval), and
@@ -349,37 +413,50 @@ def _on_two_threads(func: Callable[[Any], Any], batch: list[Any]) -> _Pair:
     half = (len(batch) + 1) // 2
     parts = [batch[:half], batch[half:]]
     out: list[list[Any]] = [[], []]
+    walls = [0.0, 0.0]
     native = [0, 0]
     began = [threading.Event(), threading.Event()]
     ended = threading.Event()
     read = threading.Event()
     ready = threading.Barrier(3)
+    context = contextvars.copy_context()
+    cpus = _two_cpus()
 
     def work(k: int) -> None:
         mark_thread_worker()  # a .map inside the function runs serially, as on workers
         native[k] = threading.get_native_id()
+        if cpus:  # one CPU each: the scheduler may leave a new thread queued behind the first for ms
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, {cpus[k]})
         ready.wait()
         began[k].set()
         results = out[k]
+        perf = time.perf_counter
         try:
             for item in parts[k]:
+                t0 = perf()
                 try:
                     results.append(func(item))
                 except BaseException as exc:  # noqa: BLE001 - raised or kept by the caller
                     results.append(_Failed(exc))
                     return
+                finally:
+                    walls[k] += perf() - t0
         finally:
             ended.set()
             read.wait(_READ_WAIT_S)  # alive until its CPU clock is read: an ended thread has none
 
-    threads = [threading.Thread(target=work, args=(k,), name="autopar-sample", daemon=True) for k in (0, 1)]
+    threads = [
+        threading.Thread(target=context.copy().run, args=(work, k), name="autopar-sample", daemon=True)
+        for k in (0, 1)
+    ]
     for thread in threads:
         thread.start()
     ready.wait()
     reading = _Window([t.ident or 0 for t in threads], native)
-    for event in began:
-        event.wait()
     try:
+        for event in began:
+            event.wait()
         if not ended.is_set():
             reading.open()
             ended.wait()
@@ -390,11 +467,17 @@ def _on_two_threads(func: Callable[[Any], Any], batch: list[Any]) -> _Pair:
         thread.join()
     results = [*out[0], *([_Missing()] * (len(parts[0]) - len(out[0]))), *out[1]]
     results += [_Missing()] * (len(batch) - len(results))
-    return _Pair(results, *reading.speedup())
+    evaluated = sum(len(o) for o in out)
+    return _Pair(results, reading.concurrency(), sum(walls) / max(1, evaluated))
 
 
 #: How long a sampling thread that ended waits for its clock to be read, at most.
 _READ_WAIT_S = 5.0
+#: A window in which the two threads waited for a CPU more than this share of the
+#: time is not read: the machine, not the work, decided how much ran at once.
+_MAX_WAIT_SHARE = 0.2
+#: A shorter window is not read: a thread's wake-up or a clock read is a fair part of it.
+_MIN_WINDOW_S = 1e-3
 
 
 class _Window:
@@ -425,21 +508,31 @@ class _Window:
             with contextlib.suppress(OSError):
                 self.stop = self._now()
 
-    def speedup(self) -> tuple[float, float]:
-        """Items in flight and CPUs used per wall second in the window; (0, 0) when
-        there was none. Time the threads waited for a CPU is the machine's, not the
-        work's: work off the GIL keeps both threads running or waiting, so its CPU
-        seconds are 2 * window - waits, which over window - waits / 2 reads 2
-        whatever the load; work on the GIL has one thread at most running or
-        waiting, and reads at most 1."""
+    def concurrency(self) -> float | None:
+        """CPUs the two threads used together per wall second of the window; None
+        when there was no window, or the threads spent much of it waiting for a CPU.
+        Waits are not credited: work on the GIL has one thread at most running, so
+        it reads at most 1 however the threads were scheduled."""
         if self.start is None or self.stop is None:
-            return 0.0, 0.0
+            return None
         wall = self.stop[0] - self.start[0]
-        if wall <= 0:
-            return 0.0, 0.0
         waits = max(0.0, self.stop[2] - self.start[2])
-        net = max(wall - waits / 2, 0.1 * wall)
-        return 2.0, max(0.0, self.stop[1] - self.start[1]) / net
+        if wall < _MIN_WINDOW_S or waits > _MAX_WAIT_SHARE * 2 * wall:
+            return None
+        return max(0.0, self.stop[1] - self.start[1]) / wall
+
+
+def _two_cpus() -> list[int]:
+    """Two CPUs this process may use, for the sampling threads to be pinned to (empty:
+    fewer than two, or no affinity on this platform)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is None or not hasattr(os, "sched_setaffinity"):
+        return []
+    try:
+        allowed = sorted(getaffinity(0))
+    except OSError:
+        return []
+    return allowed[:2] if len(allowed) >= 2 else []
 
 
 def _task_waited(native_id: int) -> float:

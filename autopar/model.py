@@ -477,7 +477,8 @@ def choose_plan(
     if limit < 2 and threads < 2:
         why = "max_workers allows one" if max_workers is not None and max_workers < 2 else "1 CPU is usable"
         if not use_processes and not use_threads:
-            why = "the work does not scale on threads, the only executor allowed"
+            why = "threads are the only executor allowed, and "
+            why += "they were not measured" if w.thread_scaling is None else "the work does not scale on them"
         return serial(f"serial: only one worker possible ({why})")
 
     best_per_n = _best_per_worker_count(w, costs, limit, usable_cpus, budget, considered, warm) if limit >= 2 else []

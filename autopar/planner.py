@@ -28,7 +28,7 @@ from .costs import load_or_measure_costs
 from .errors import AutoparWarning
 from .hints import forget_hints, read_hint, write_hint
 from .measuring import THREAD_TIMING_MIN_S, native_threads, one_native_thread
-from .model import STREAM_ASSUMED_ITEMS, Costs, Decision, Workload, choose_plan, prior_costs
+from .model import Costs, Decision, Workload, choose_plan, prior_costs
 from .plan import DEFAULT_TTL_S, Plan, plan_record, read_plan_record, serial_plan, stale_reason, stored_plan
 from .sampling import Sampler
 from .serialization import pickle_problem
@@ -136,6 +136,11 @@ class Request:
     def parallel(self) -> str:
         """The executor a parallel plan names: ``process``, or the cluster's."""
         return "process" if self.cluster is None else self.cluster.executor
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        """Executors a plan for this request may name: serial, and the parallel ones allowed."""
+        return frozenset({"serial", *(e if e == "thread" else self.parallel for e in self.executors)})
 
     @property
     def cached(self) -> bool:
@@ -254,8 +259,7 @@ def _threads_worth_measuring(request: Request, sampler: Sampler) -> bool:
     """Threads are allowed, and the serial run is long enough for them to matter."""
     if "thread" not in request.executors or request.cluster is not None:
         return False
-    n_items = request.n_items if request.n_items is not None else STREAM_ASSUMED_ITEMS
-    return n_items * sampler.median_s() >= measuring.THREADS_WORTH_S
+    return measuring.threads_worth_measuring(request.n_items, sampler)
 
 
 def _skip_probe(request: Request, sampler: Sampler, source: Iterator[Any]) -> Planned | None:
@@ -312,6 +316,9 @@ def _lookup(request: Request, keys: list[str]) -> tuple[str, Plan, dict[str, Any
         record = read_plan_record(store.get(key), usable_cpus=system.usable_cpus, max_workers=options.max_workers)
         if record is None:
             continue
+        if record.executor not in request.allowed:  # forged, or made when more was allowed
+            logger.debug("autopar: stored plan %s names %s, not allowed here", key, record.executor)
+            continue
         why = stale_reason(record.system, record.created, system, now=now, ttl=options.ttl)
         if why is not None:
             logger.debug("autopar: stored plan %s is stale: %s", key, why)
@@ -344,8 +351,8 @@ def _decide_and_save(
         pickle_s=sample.pickle_s,
         thread_scaling=thread_scaling,
     )
-    if sample.unpicklable is not None and "thread" in request.executors:
-        request = replace(request, executors=("thread",))  # items that cannot travel may still go to threads
+    if sample.unpicklable is not None:  # items that cannot travel may still go to threads
+        request = replace(request, executors=tuple(e for e in request.executors if e == "thread"))
     decision, costs = decide(request, workload)
     for text in decision.warnings:
         warn(f"autopar: {request.name}: {text}", AutoparWarning, stacklevel=5)
@@ -358,6 +365,7 @@ def _decide_and_save(
     if decision.candidates:
         workload = _with_function_bytes(request, workload)
     stored = workload.to_record(tbucket, size_bucket(request.n_items))
+    stored["executors"] = list(request.executors)  # what learning may move the plan to
     if request.cached:
         heavy = heavy_items(request, plan.executor, workload.item_s) and request.n_items is not None
         save(request, key, plan, stored, heavy=heavy)

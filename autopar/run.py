@@ -87,8 +87,9 @@ class Target:
     executors: tuple[str, ...] = ("process",)
 
     @classmethod
-    def named(cls, name: str, start_method: str) -> Target:
-        """The backend called ``name``; a cluster's is asked for its size and costs."""
+    def named(cls, name: str, start_method: str, *, threads: bool = True) -> Target:
+        """The backend called ``name``; a cluster's is asked for its size and costs.
+        Without ``threads``, ``auto`` plans for processes only."""
         check_backend(name)
         if name == "dask" and in_worker():  # nested in a worker, a map runs serially anyway
             return cls(name, SerialBackend())
@@ -99,6 +100,8 @@ class Target:
             memory = info.memory_per_worker * info.workers
             cluster = Cluster(info.fingerprint, info.threads, memory, backend.measure_costs)  # type: ignore[attr-defined]
         executors = {"auto": ("thread", "process"), "thread": ("thread",)}.get(name, ("process",))
+        if not threads and name == "auto":
+            executors = ("process",)
         return cls(name, backend, cluster, executors)
 
     @property
@@ -358,6 +361,10 @@ class Call:
             return
         store = get_store()
         item_s = record.busy_s / record.n_items
+        if record.executor == "thread":  # time inside chunks includes waiting for the GIL and cores:
+            sampled = (planned.workload or {}).get("item_s")  # the item's own time is the sample's
+            if isinstance(sampled, float) and sampled > 0:
+                item_s = sampled
         n_run, wall_s = record.n_items, record.wall_s
         ship, warm = self.ship_problem, self.target.warm()
         try:

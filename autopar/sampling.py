@@ -321,6 +321,17 @@ class Sampler:
         self.items.extend(items)
         self.results.extend(results)
 
+    def fail_at(self, position: int, exc: Exception) -> None:
+        """An item from across the input raised: the first in input order is held for
+        its turn (:attr:`failed`); any later one is only marked evaluated."""
+        if self.failed is not None:
+            if self.failed[0] < position:
+                return
+            # The later one was evaluated too: the run must not evaluate it again.
+            self.scattered[self.failed[0]] = None
+            self._spread_items.append(None)
+        self.failed = (position, exc)
+
     def keep_at(self, positions: list[int], items: list[Any], results: list[Any]) -> None:
         """As :meth:`keep`, for items from across the input: results kept by position."""
         self._spread_items.extend(items)

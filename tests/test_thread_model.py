@@ -104,7 +104,7 @@ def test_gil_bound_work_stays_off_threads_and_says_why() -> None:
     assert "holds the GIL: 1.05x on 2 threads" in d.reason
     threads_only = choose_plan(w, prior_costs("fork"), usable_cpus=2, executors=("thread",))
     assert threads_only.executor == "serial"
-    assert "does not scale on threads" in threads_only.reason
+    assert "does not scale on them" in threads_only.reason
 
 
 def test_cpu_work_gets_no_more_threads_than_cpus() -> None:

@@ -7,6 +7,8 @@ pure Python on two threads cannot use more than one CPU, and sleeps overlap.
 
 from __future__ import annotations
 
+import decimal
+import itertools
 import os
 import threading
 import time
@@ -109,7 +111,7 @@ def test_backend_thread_plans_threads_only(measured_as: Any) -> None:
     naps.cache_clear()
     plan = naps.plan(items, backend="thread")
     assert plan.executor == "serial", plan.reason
-    assert "does not scale on threads" in plan.reason
+    assert "does not scale on them" in plan.reason
 
 
 def test_pure_python_measures_as_holding_the_gil() -> None:
@@ -188,3 +190,98 @@ def test_a_parallel_run_raises_the_first_failing_item_in_order(backend: str) -> 
     with pytest.raises(ValueError, match="first in order") as info:
         func.map(list(range(8)), n_jobs=2, chunksize=1, backend=backend)
     assert "item 1: 1" in "\n".join(getattr(info.value, "__notes__", []))
+
+
+def _third(x: int) -> decimal.Decimal:
+    time.sleep(0.001)
+    return decimal.Decimal(x) / 3
+
+
+def test_context_variables_follow_the_work_onto_threads(measured_as: Any) -> None:
+    """decimal's precision lives in a context variable: items on the sampling threads
+    and on a thread plan see the caller's, as the serial loop does."""
+    measured_as(1.9)
+    func = auto_parallel(_third)
+    items = list(range(200))
+    with decimal.localcontext(decimal.Context(prec=5)):
+        expected = [_third(x) for x in items]
+        assert func.map(items) == expected
+        assert func.map(items, backend="thread", n_jobs=3) == expected
+        func.cache_clear()
+    assert func.map(items[:60]) != expected[:60], "outside the context, the default precision"
+
+
+def test_the_sampling_threads_take_a_contiguous_run_from_across_the_input() -> None:
+    """Holes in the run's input end its chunks: a scattered batch of hundreds of items
+    turned 16 chunks into 8,000 (cheap items ran 4x slower)."""
+    items = list(range(10_000))
+    sampler = Sampler(_nap)
+    sampler.run(iter(items), max_items=5, budget_s=1.0)
+    sampler.positions = autopar.measuring.spread_positions(5, len(items))
+    thread_scaling(len(items), sampler, iter(items[5:]), items)
+    taken = sorted(sampler.scattered)
+    assert len(taken) >= 2
+    breaks = sum(1 for a, b in itertools.pairwise(taken) if b != a + 1)
+    assert breaks == 0, f"one run of positions, not {breaks + 1}"
+    assert all(sampler.scattered[p] == p for p in taken), "results kept at their positions"
+
+
+_called: list[int] = []
+
+
+def _fails_at_some(x: int) -> int:
+    _called.append(x)
+    time.sleep(0.001)
+    if x in (5003, 5008):
+        raise ValueError(f"bad {x}")
+    return x
+
+
+@pytest.mark.parametrize("second", [5008, 5003 + 100])
+def test_every_item_evaluated_on_the_sampling_threads_is_kept_even_when_two_fail(second: int) -> None:
+    """Items the run skips are exactly those evaluated here: a failure after the
+    first (on the other thread) was evaluated too, and must not be again."""
+    items = list(range(10_000))
+    _called.clear()
+    sampler = Sampler(_fails_at_some)
+    sampler.run(iter(items), max_items=3, budget_s=1.0)
+    sampler.positions = iter([5000, 20, 30])
+    thread_scaling(len(items), sampler, iter(items[3:]), items)
+    assert sampler.failed is not None
+    assert sampler.failed[0] == 5003, "the first failure in input order is held for its turn"
+    assert "item 5003" in "\n".join(getattr(sampler.failed[1], "__notes__", []))
+    evaluated_here = {x for x in _called if x >= 5000}
+    assert evaluated_here == set(sampler.scattered) | {sampler.failed[0]}, "skipped by the run iff evaluated"
+
+
+def test_a_stored_plan_naming_an_executor_not_allowed_is_not_used(measured_as: Any) -> None:
+    import json
+
+    from autopar.store import get_store
+
+    measured_as(2.0)
+    items = list(range(300))
+    assert naps_in_processes.plan(items).executor == "process"
+    store = get_store()
+    for key in store.list_keys():
+        if key.startswith("plan:"):
+            record = json.loads(store.get(key) or "{}")
+            record["plan"]["executor"] = "thread"  # forged, or corrupt
+            store.set(key, json.dumps(record))
+    plan = naps_in_processes.plan(items)
+    assert plan.executor == "process"
+    assert not plan.from_cache
+
+
+def _with_connection(connection: object, x: int) -> int:
+    time.sleep(0.002)
+    return x
+
+
+def test_a_function_with_per_worker_setup_is_planned_for_processes(measured_as: Any) -> None:
+    calls = measured_as(2.0)
+    func = auto_parallel(setup=object)(_with_connection)
+    items = list(range(300))
+    assert func.map(items) == items
+    assert func.plan(items).executor == "process"
+    assert not calls, "never run on the sampling threads either"

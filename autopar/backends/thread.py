@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import logging
 import queue
 import threading
@@ -57,10 +58,25 @@ RETURN_WAIT_S = 1.0
 _STOP = object()
 
 
-class _Call:
+class _Lent:
+    """What every call lent threads has: the caller's context (each thread runs in a
+    copy of it: ``decimal`` settings and other context variables follow the work),
+    and a count of the threads back in the pool."""
+
+    def __init__(self) -> None:
+        self.context = contextvars.copy_context()
+        self.returned = threading.Semaphore(0)
+
+    def run(self, serve: Callable[[], None]) -> None:
+        """In a worker thread: ``serve`` in a copy of the caller's context."""
+        self.context.copy().run(serve)
+
+
+class _Call(_Lent):
     """One ``imap``'s chunks on its threads: the :class:`~.base.Run` the stream driver uses."""
 
     def __init__(self, func: Callable[[Any], Any], deadline: float | None) -> None:
+        super().__init__()
         self.func = func
         self.deadline = deadline
         self.tasks: queue.SimpleQueue[tuple[int, list[Any]] | None] = queue.SimpleQueue()
@@ -69,7 +85,6 @@ class _Call:
         self.cancelled = False
         #: Seconds each thread (by ident) spent on this call's chunks.
         self.busy: dict[int, float] = {}
-        self.returned = threading.Semaphore(0)
 
     def submit(self, start: int, chunk: Sequence[Any]) -> int:
         """Queue a chunk for the call's threads; nothing is pickled (0 bytes sent)."""
@@ -137,7 +152,7 @@ class _Call:
             self.done.put(outcome)
 
 
-class _MapCall:
+class _MapCall(_Lent):
     """One ``map``: its threads take chunk bounds in order and write results in place.
 
     The first failure in input order wins, as in a serial loop: once an item
@@ -153,6 +168,7 @@ class _MapCall:
         results: list[Any],
         offset: int,
     ) -> None:
+        super().__init__()
         self.func, self.items, self.bounds, self.results, self.offset = func, items, bounds, results, offset
         self.lock = threading.Lock()
         self.next = 0
@@ -162,7 +178,6 @@ class _MapCall:
         self.cancelled = False
         self.failure: tuple[int, BaseException] | None = None
         self.busy: dict[int, float] = {}
-        self.returned = threading.Semaphore(0)
         if not bounds:
             self.all_done.set()
 
@@ -237,10 +252,11 @@ class _Worker:
             if call is _STOP:
                 return
             try:
-                call.serve()
+                call.run(call.serve)
             finally:
                 self.pool.give_back(self)
                 call.returned.release()  # the caller may return: this thread is warm again
+                del call  # an idle thread must not keep the last call's items and results alive
 
 
 class WarmThreads:
@@ -259,6 +275,7 @@ class WarmThreads:
         """
         with self._lock:
             taken = [self._idle.pop() for _ in range(min(n, len(self._idle)))]
+        taken = [worker for worker in taken if worker.thread.is_alive()]  # one killed mid-call serves none
         try:
             while len(taken) < n:
                 taken.append(_Worker(self))
