@@ -238,8 +238,9 @@ def thread_scaling(n_items: int | None, sampler: Sampler, source: Iterator[Any],
     return exhausted
 
 
-#: Readings taken at most; a reading in this band (or none) is taken again.
-SCALING_READINGS = 2
+#: Readings taken at most; a reading in this band (or none: the threads waited for a
+#: CPU that something else had, or never ran together) is taken again.
+SCALING_READINGS = 3
 SCALING_UNCLEAR = (1.1, 1.6)
 #: Measuring is skipped when the two threads' items would be more than this share of
 #: the run: work that holds the GIL runs them no faster than one thread, where
@@ -475,7 +476,10 @@ def _on_two_threads(func: Callable[[Any], Any], batch: list[Any]) -> _Pair:
 _READ_WAIT_S = 5.0
 #: A window in which the two threads waited for a CPU more than this share of the
 #: time is not read: the machine, not the work, decided how much ran at once.
-_MAX_WAIT_SHARE = 0.2
+_MAX_WAIT_SHARE = 0.5
+#: CPU seconds per wall second that work holding the GIL cannot reach (it reads
+#: 0.93-0.99 on a quiet machine): above it, the pair's waits for a CPU are credited.
+_MORE_THAN_ONE_CPU = 1.15
 #: A shorter window is not read: a thread's wake-up or a clock read is a fair part of it.
 _MIN_WINDOW_S = 1e-3
 
@@ -510,16 +514,27 @@ class _Window:
 
     def concurrency(self) -> float | None:
         """CPUs the two threads used together per wall second of the window; None
-        when there was no window, or the threads spent much of it waiting for a CPU.
-        Waits are not credited: work on the GIL has one thread at most running, so
-        it reads at most 1 however the threads were scheduled."""
+        when there was no window, or the threads spent most of it waiting for a CPU.
+
+        Time the threads waited for a CPU (something else had it) is the machine's,
+        not the work's, and is credited, but only to work that showed it can use
+        more than one CPU: work on the GIL never uses more than one (CPU seconds per
+        wall second <= 1 whatever the scheduling), and its waits would otherwise read
+        as parallelism (a GIL-bound pair read 1.9x on a loaded machine).
+        """
         if self.start is None or self.stop is None:
+            logger.debug("autopar: two threads: never both inside their items (clocks: %d)", len(self.clocks))
             return None
         wall = self.stop[0] - self.start[0]
         waits = max(0.0, self.stop[2] - self.start[2])
         if wall < _MIN_WINDOW_S or waits > _MAX_WAIT_SHARE * 2 * wall:
+            logger.debug("autopar: two threads: no reading (window %.2f ms, waits %.2f ms)", 1e3 * wall, 1e3 * waits)
             return None
-        return max(0.0, self.stop[1] - self.start[1]) / wall
+        cpu = max(0.0, self.stop[1] - self.start[1])
+        plain = cpu / wall
+        if plain < _MORE_THAN_ONE_CPU:
+            return plain
+        return min(2.0, cpu / max(wall - waits / 2, 0.5 * wall))
 
 
 def _two_cpus() -> list[int]:
