@@ -258,7 +258,8 @@ def threads_worth_measuring(n_items: int | None, sampler: Sampler) -> bool:
     that two threads' worth of them is a small part of it."""
     per_item = sampler.median_s()
     run_s = (n_items if n_items is not None else STREAM_ASSUMED_ITEMS) * per_item
-    target = min(SCALING_LONG_S, max(SCALING_TARGET_S, SCALING_SHARE * run_s, per_item))
+    # Each thread runs one item at least, however long the target.
+    target = max(min(SCALING_LONG_S, max(SCALING_TARGET_S, SCALING_SHARE * run_s)), per_item)
     return run_s >= THREADS_WORTH_S and 2 * target <= SCALING_RUN_SHARE * run_s
 
 

@@ -285,3 +285,19 @@ def test_a_function_with_per_worker_setup_is_planned_for_processes(measured_as: 
     assert func.map(items) == items
     assert func.plan(items).executor == "process"
     assert not calls, "never run on the sampling threads either"
+
+
+@pytest.mark.parametrize(
+    ("n_items", "item_s", "worth"),
+    [
+        (6, 0.25, False),  # two of six heavy items on threads: a third of the run at 1x if GIL-bound
+        (600, 0.25, True),
+        (400, 0.002, True),
+        (10, 0.001, False),  # a 10 ms run: threads could save 5 ms at most
+        (None, 2e-6, False),  # a stream of tiny items: assumed 10,000 of them, 20 ms
+    ],
+)
+def test_threads_are_measured_only_where_it_pays(n_items: int | None, item_s: float, worth: bool) -> None:
+    sampler = Sampler(abs)
+    sampler.times = [item_s] * 3
+    assert autopar.measuring.threads_worth_measuring(n_items, sampler) is worth
