@@ -73,7 +73,7 @@ SCALING_TARGET_S = 6e-3
 #: ...and up to this much when the run is long (:data:`SCALING_SHARE` of it): work
 #: that holds the GIL keeps the second thread from starting for a switch interval
 #: (5 ms), and the speedup is read only while both run.
-SCALING_LONG_S = 15e-3
+SCALING_LONG_S = 10e-3
 SCALING_SHARE = 0.05
 #: Items per thread at most (tiny items): enough for a steady wall time.
 SCALING_MAX_ITEMS = 4096
@@ -305,7 +305,12 @@ def _reading(
         sampler.keep(batch, pair.results)
     ran_out = positions is None and len(batch) < 2 * per_thread
     cpu_fraction = min(1.0, sampler.cpu_fraction())
-    if pair.concurrency is None:  # the threads hardly ran at the same time, or waited for CPUs
+    if pair.concurrency is None and not pair.both_ran and cpu_fraction >= IO_BOUND_CPU_FRACTION:
+        # CPU work, two threads on CPUs of their own, and the second never got going
+        # while the first ran: it was waiting for the GIL.
+        logger.debug("autopar: two threads: one ran its whole part before the other began")
+        return 1.0, ran_out
+    if pair.concurrency is None:  # the threads waited for CPUs, or the window was too short
         return None, ran_out
     if cpu_fraction >= _WAITING_CPU_SHARE:  # in parallel only as far as it used more than one CPU
         reading = pair.concurrency / max(cpu_fraction, IO_BOUND_CPU_FRACTION)
@@ -380,8 +385,8 @@ class _Pair:
     """Two threads' run: results in order, the CPUs used while both ran (None: not
     read), and the mean wall seconds of an item on the threads."""
 
-    def __init__(self, results: list[Any], concurrency: float | None, item_s: float) -> None:
-        self.results, self.concurrency, self.item_s = results, concurrency, item_s
+    def __init__(self, results: list[Any], concurrency: float | None, item_s: float, both_ran: bool) -> None:
+        self.results, self.concurrency, self.item_s, self.both_ran = results, concurrency, item_s, both_ran
 
     def waiting_speedup(self, alone_s: float) -> float:
         """Two threads' throughput over one thread's, from item times: waits that
@@ -470,7 +475,8 @@ def _on_two_threads(func: Callable[[Any], Any], batch: list[Any]) -> _Pair:
     results = [*out[0], *([_Missing()] * (len(parts[0]) - len(out[0]))), *out[1]]
     results += [_Missing()] * (len(batch) - len(results))
     evaluated = sum(len(o) for o in out)
-    return _Pair(results, reading.concurrency(), sum(walls) / max(1, evaluated))
+    both_ran = reading.start is not None
+    return _Pair(results, reading.concurrency(), sum(walls) / max(1, evaluated), both_ran)
 
 
 #: How long a sampling thread that ended waits for its clock to be read, at most.
